@@ -1,0 +1,133 @@
+"""Orbax checkpoints: {params, train state, data iterator, config, metadata} per step.
+
+Layout of `<dir>/<step>/`:
+  params/    {'params': ..., <other variable collections>} - all a model needs;
+             converted official weights are checkpoints with this item only
+  train/     {'step', 'opt_state', 'rng'}
+  data/      the grain iterator state (one file per process)
+  config/    the run's config as JSON
+  metadata/  model spec, whether layers are scanned, dtypes, mesh, versions
+
+Restoring walks the steps newest first; a step that fails to restore (half
+written, corrupt) is moved aside to `<dir>/../corrupt_checkpoints/` with a
+warning and the previous step is tried.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+
+def abstract_with_shardings(tree, shardings):
+    """ShapeDtypeStructs carrying the target shardings: what Orbax restores onto (any mesh)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+class Checkpointer:
+    def __init__(self, directory: str | os.PathLike, *, keep: int = 3):
+        self.directory = epath.Path(directory)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=ocp.checkpoint_managers.LatestN(keep),
+                create=True,
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, *, variables, train, data_iter, config: dict, metadata: dict):
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(variables),
+                train=ocp.args.StandardSave(train),
+                data=grain.checkpoint.CheckpointSave(data_iter),
+                config=ocp.args.JsonSave(config),
+                metadata=ocp.args.JsonSave(metadata),
+            ),
+            force=True,
+        )
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def restore_latest(self, abstract_variables, abstract_train, data_iter) -> tuple[Any, Any] | None:
+        """(variables, train) of the newest restorable step, data_iter positioned there; None if none."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        params=ocp.args.StandardRestore(abstract_variables),
+                        train=ocp.args.StandardRestore(abstract_train),
+                        data=grain.checkpoint.CheckpointRestore(data_iter),
+                    ),
+                )
+            except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
+                self._quarantine(step, e)
+                continue
+            logging.info("restored checkpoint step %d from %s", step, self.directory)
+            return restored.params, restored.train
+        return None
+
+    def _quarantine(self, step: int, error: Exception):
+        target = self.directory.parent / "corrupt_checkpoints" / f"{step}-{int(time.time())}"
+        logging.warning(
+            "checkpoint step %d in %s cannot be restored (%s: %s); moving it to %s and trying "
+            "the previous step", step, self.directory, type(error).__name__, error, target,
+        )
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (self.directory / str(step)).rename(target)
+        ocp.multihost.sync_global_processes(f"quarantine_{step}")
+        self.manager.reload()
+
+    def close(self):
+        self.manager.close()
+
+
+def _step_dir(path: str | os.PathLike) -> epath.Path:
+    """A step directory from a run's workdir, its checkpoints dir, or a step dir itself."""
+    path = epath.Path(path)
+    if (path / "params").exists():
+        return path
+    if (path / "checkpoints").exists():
+        path = path / "checkpoints"
+    steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+    if not steps:
+        raise FileNotFoundError(f"no checkpoint steps under {path}")
+    return path / str(steps[-1])
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    step_dir = _step_dir(path)
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "metadata")
+
+
+def load_variables(path: str | os.PathLike, abstract_variables=None):
+    """Model variables ({'params': ...}) from the newest step under `path`.
+
+    With `abstract_variables` (ShapeDtypeStructs with shardings) they are
+    restored onto that layout; without, onto the first local device, whatever
+    mesh wrote them.
+    """
+    item = _step_dir(path) / "params"
+    checkpointer = ocp.StandardCheckpointer()
+    if abstract_variables is None:
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract_variables = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            checkpointer.metadata(item).item_metadata.tree,
+        )
+    return checkpointer.restore(item, abstract_variables)

@@ -1,0 +1,59 @@
+"""Model architectures and the table of named presets.
+
+`ARCHS` maps a config's `model.arch` to its Flax module; every other key of
+`config.model` is a constructor argument. `PRESETS` names published sizes for
+`vfm_jax.get_model`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vfm_jax.models.vit import VideoViT
+
+ARCHS: dict[str, type[nn.Module]] = {
+    "video_vit": VideoViT,
+}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The quickstart model: trains on the synthetic 32x32 clips in about a minute on a CPU.
+    "vit_tiny_video": dict(arch="video_vit", width=64, depth=3, num_heads=4, patch_size=8, tubelet_size=1),
+    # UMT students (released scripts use tubelet 1).
+    "umt_b16": dict(arch="video_vit", width=768, depth=12, num_heads=12, patch_size=16, tubelet_size=1),
+    "umt_l16": dict(arch="video_vit", width=1024, depth=24, num_heads=16, patch_size=16, tubelet_size=1),
+    # VideoMAE encoders (tubelet 2).
+    "videomae_b16": dict(arch="video_vit", width=768, depth=12, num_heads=12, patch_size=16, tubelet_size=2),
+    "videomae_l16": dict(arch="video_vit", width=1024, depth=24, num_heads=16, patch_size=16, tubelet_size=2),
+    "videomae_h16": dict(arch="video_vit", width=1280, depth=32, num_heads=16, patch_size=16, tubelet_size=2),
+}
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def build_model(spec: Mapping[str, Any]) -> nn.Module:
+    """Module from a `config.model`-style mapping; an unknown key is an error that names it."""
+    spec = dict(spec)
+    arch = spec.pop("arch", None)
+    if arch not in ARCHS:
+        raise ValueError(f"model.arch={arch!r} is not one of {sorted(ARCHS)}")
+    cls = ARCHS[arch]
+    fields = {f.name for f in dataclasses.fields(cls) if f.name not in ("parent", "name")}
+    unknown = sorted(set(spec) - fields)
+    if unknown:
+        raise ValueError(f"model key(s) {unknown} are not arguments of {arch}; valid: {sorted(fields)}")
+    if "dtype" in spec:
+        if spec["dtype"] not in DTYPES:
+            raise ValueError(f"model.dtype={spec['dtype']!r} is not one of {sorted(DTYPES)}")
+        spec["dtype"] = DTYPES[spec["dtype"]]
+    return cls(**spec)
+
+
+def get_model(name: str, **overrides) -> nn.Module:
+    """A named model from PRESETS, e.g. `get_model('umt_b16', num_classes=400)`."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model {name!r}; known: {sorted(PRESETS)}")
+    spec = {"num_classes": 0, **PRESETS[name], **overrides}
+    return build_model(spec)

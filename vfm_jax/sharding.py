@@ -1,0 +1,105 @@
+"""Meshes and the logical-axis rules that map model axis names onto them.
+
+Every param and block-boundary activation carries logical names from one
+vocabulary (`batch, length, frames, embed, mlp, heads, head_dim, kv, vocab,
+conv_in, conv_out, layers`). A config picks a strategy by sizing the mesh axes
+`data`, `fsdp`, `tensor`:
+
+- DP: data=N, fsdp=1, tensor=1 - params replicated, batch split.
+- FSDP: fsdp=N - params split along `embed`, batch split over data*fsdp.
+- FSDP+TP: fsdp=N, tensor=M - heads/mlp/vocab also split over `tensor`.
+
+Rules are priority-ordered: `batch` claims data+fsdp first, so an activation's
+`embed` stays whole while a param's `embed` (which has no batch axis) is
+split over fsdp.
+"""
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+LOGICAL_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("kv", "tensor"),
+    ("conv_out", "tensor"),
+    ("length", None),
+    ("frames", None),
+    ("head_dim", None),
+    ("conv_in", None),
+    ("layers", None),
+)
+
+
+def mesh_shape(sizes: Mapping[str, int], num_devices: int) -> tuple[int, ...]:
+    """Resolve one -1 entry to the remaining devices; check the product divides the device count."""
+    shape = [int(sizes[a]) for a in MESH_AXES]
+    if any(s == 0 or s < -1 for s in shape) or shape.count(-1) > 1:
+        raise ValueError(f"mesh sizes {dict(sizes)}: use positive sizes and at most one -1")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if num_devices % known:
+            raise ValueError(f"mesh {dict(sizes)} does not divide {num_devices} devices")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) > num_devices:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs more than the {num_devices} devices present")
+    return tuple(shape)
+
+
+def make_mesh(sizes: Mapping[str, int], devices=None) -> Mesh:
+    """Mesh over `devices` (default: all). A mesh smaller than the device list uses its first devices."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = mesh_shape(sizes, len(devices))
+    used = math.prod(shape)
+    if used < len(devices):
+        logging.warning("mesh %s uses %d of %d devices", shape, used, len(devices))
+    if used == len(jax.devices()):
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    return Mesh(np.asarray(devices[:used]).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) axis split over data and fsdp; the rest replicated."""
+    return NamedSharding(mesh, P(("data", "fsdp")))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def example_batch(source, keys, batch_size: int = 1) -> dict:
+    """Abstract batch (ShapeDtypeStructs) shaped like the source's examples; a missing key is an error."""
+    example = source[0]
+    missing = [k for k in keys if k not in example]
+    if missing:
+        raise ValueError(f"the data has no field(s) {missing}; it has {sorted(example)}")
+    return {
+        k: jax.ShapeDtypeStruct((batch_size,) + np.shape(example[k]), np.asarray(example[k]).dtype)
+        for k in keys
+    }
+
+
+def variables_layout(task, example: dict, mesh):
+    """(abstract unboxed variables, their NamedShardings) from the params' logical axis names.
+
+    `example` is a concrete batch (zeros will do) with the input shapes.
+    """
+    boxed = jax.eval_shape(lambda rng: task.init(rng, example), jax.random.PRNGKey(0))
+    shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, LOGICAL_RULES)
+    return nn.unbox(boxed), shardings
+
+
+def zeros_like_batch(abstract: dict) -> dict:
+    return {k: jnp.zeros(v.shape, v.dtype) for k, v in abstract.items()}

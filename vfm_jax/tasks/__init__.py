@@ -1,0 +1,12 @@
+"""Objectives: each task owns its model and exposes init, loss and eval metrics to the one loop."""
+from __future__ import annotations
+
+from vfm_jax.tasks.classification import ClassificationTask
+
+TASKS = {"classification": ClassificationTask}
+
+
+def build_task(config):
+    if config.task.name not in TASKS:
+        raise ValueError(f"config.task.name={config.task.name!r} is not one of {sorted(TASKS)}")
+    return TASKS[config.task.name](config)

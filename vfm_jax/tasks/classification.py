@@ -1,0 +1,66 @@
+"""Video classification: softmax cross-entropy with optional label smoothing."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vfm_jax.models import build_model
+from vfm_jax.tasks.common import NORMALIZATION, normalize_video, topk_correct
+
+
+class ClassificationTask:
+    """Model `config.model` on `batch['video']`, predicting `batch[config.task.label]`."""
+
+    def __init__(self, config):
+        cfg = config.task
+        if cfg.normalization not in NORMALIZATION:
+            raise ValueError(
+                f"task.normalization={cfg.normalization!r} is not one of {sorted(NORMALIZATION)}"
+            )
+        if not 0.0 <= cfg.label_smoothing < 1.0:
+            raise ValueError(f"task.label_smoothing={cfg.label_smoothing} must be in [0, 1)")
+        self.model = build_model(config.model)
+        self.label = cfg.label
+        self.label_smoothing = cfg.label_smoothing
+        self.normalization = cfg.normalization
+        self.input_keys = ("video", self.label)
+
+    def init(self, rng: jax.Array, batch: dict) -> dict:
+        return self.model.init({"params": rng}, self._video(batch), train=False)
+
+    def _video(self, batch):
+        return normalize_video(batch["video"], self.normalization)
+
+    def loss_fn(self, params, model_state, batch, rng):
+        dropout_rng, droppath_rng = jax.random.split(rng)
+        logits, new_state = self.model.apply(
+            {"params": params, **model_state},
+            self._video(batch),
+            train=True,
+            rngs={"dropout": dropout_rng, "droppath": droppath_rng},
+            mutable=list(model_state),
+        )
+        labels = batch[self.label]
+        targets = optax.smooth_labels(
+            jax.nn.one_hot(labels, logits.shape[-1]), self.label_smoothing
+        )
+        loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
+        metrics = {"loss": loss, "top1": topk_correct(logits, labels, 1).mean()}
+        return loss, (metrics, new_state)
+
+    def predict(self, variables, batch) -> jax.Array:
+        return self.model.apply(variables, self._video(batch), train=False)
+
+    def eval_metrics(self, variables, batch) -> dict:
+        """Sums over the real (mask=True) rows of one batch; the evaluator divides by `count`."""
+        logits = self.predict(variables, batch).astype(jnp.float32)
+        labels = batch[self.label]
+        mask = batch["mask"].astype(jnp.float32)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        return {
+            "loss": jnp.sum(loss * mask),
+            "top1": jnp.sum(topk_correct(logits, labels, 1) * mask),
+            "top5": jnp.sum(topk_correct(logits, labels, 5) * mask),
+            "count": jnp.sum(mask),
+        }

@@ -1,0 +1,275 @@
+"""The one train loop: `python -m vfm_jax.train --config=configs/<file>.py[:variant] --workdir=DIR`.
+
+Sections, in order: config checks -> mesh -> data -> model, optimizer and
+sharded state (or resume) -> compiled step -> loop with metrics, evals,
+checkpoints and SIGTERM handling. Nothing is written to the workdir before the
+config has been validated (the task, model and evaluators are built first).
+"""
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags, logging
+from clu import metric_writers
+from etils import epath
+from ml_collections import config_flags
+
+from data.pipeline import train_iter
+from vfm_jax import checkpointing, cli, optim, sharding
+from vfm_jax.evaluators import build_evaluators
+from vfm_jax.input import make_source
+from vfm_jax.tasks import build_task
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    model_state: Any  # variable collections other than params (e.g. batch_stats)
+    opt_state: Any
+    rng: jax.Array
+
+
+# --------------------------------------------------------------------------- checkpoint metadata
+
+def metadata(config, mesh, step: int) -> dict:
+    return {
+        "config_name": config.name,
+        "task": config.task.name,
+        "model": config.model.to_dict(),
+        "scan_layers": bool(config.model.get("scan_layers", True)),
+        "param_dtype": "float32",
+        "compute_dtype": config.model.get("dtype", "float32"),
+        "step": int(step),
+        "mesh": dict(zip(mesh.axis_names, map(int, mesh.devices.shape))),
+        "process_count": jax.process_count(),
+        "jax_version": jax.__version__,
+    }
+
+
+# --------------------------------------------------------------------------- SIGTERM
+
+class _StopRequest:
+    """Set by SIGTERM; the loop saves at the current step and returns."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self):
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.requested = True
+
+
+# --------------------------------------------------------------------------- loop
+
+def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
+    """Train `config` in `workdir`, resuming from its checkpoints if any.
+
+    Returns the last logged train metrics (`train_*`) and eval results.
+    """
+    # ---- Config checks: everything below raises on a bad key or value before a file is written.
+    task = build_task(config)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    evaluators = build_evaluators(config, task, mesh)
+    missing = [r for r in config.report if not any(r.startswith(f"{n}_") for n in evaluators)]
+    if missing:
+        raise ValueError(f"config.report names {missing}, which no evaluator in config.evals produces")
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.batch_size % batch_shards or config.batch_size % jax.process_count():
+        raise ValueError(
+            f"batch_size={config.batch_size} must split evenly over data*fsdp={batch_shards} "
+            f"devices and {jax.process_count()} processes"
+        )
+    train_source = make_source(config.data, "train")
+    batch_sharding = sharding.batch_sharding(mesh)
+    repl = sharding.replicated(mesh)
+    abstract_batch = checkpointing.abstract_with_shardings(
+        sharding.example_batch(train_source, task.input_keys, config.batch_size),
+        {k: batch_sharding for k in task.input_keys},
+    )
+
+    # ---- Model, optimizer and the layout of the sharded train state (shapes only).
+    example = sharding.zeros_like_batch(sharding.example_batch(train_source, task.input_keys))
+    abstract_vars, var_shardings = sharding.variables_layout(task, example, mesh)
+    model = task.model
+    tx, lr_schedule = optim.make_optimizer(
+        config.optim, config.total_steps, abstract_vars["params"],
+        layer_ids_fn=getattr(model, "layer_ids", None),
+        num_layers=getattr(model, "num_layers", None),
+    )
+    opt_shardings = optax.tree_utils.tree_map_params(
+        tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_vars["params"]),
+        var_shardings["params"], transform_non_params=lambda _: repl,
+    )
+    state_shardings = TrainState(
+        step=repl,
+        params=var_shardings["params"],
+        model_state={k: v for k, v in var_shardings.items() if k != "params"},
+        opt_state=opt_shardings,
+        rng=repl,
+    )
+
+    def create_state(rng):
+        params_rng, train_rng = jax.random.split(rng)
+        variables = dict(nn.unbox(task.init(params_rng, example)))
+        params = variables.pop("params")
+        return TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+            opt_state=tx.init(params), rng=train_rng,
+        )
+
+    def train_step(state: TrainState, batch):
+        rng = jax.random.fold_in(state.rng, state.step)
+
+        def loss_fn(params):
+            return task.loss_fn(params, state.model_state, batch, rng)
+
+        (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": lr_schedule(state.step)}
+        new_state = state.replace(
+            step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
+        )
+        return new_state, metrics
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        abstract_state = checkpointing.abstract_with_shardings(
+            jax.eval_shape(create_state, jax.random.PRNGKey(0)), state_shardings
+        )
+
+    # ---- Workdir, writers, data, and the state: restored, or created sharded.
+    workdir = epath.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
+    data_iter = train_iter(
+        train_source,
+        global_batch_size=config.batch_size,
+        seed=config.seed,
+        keys=task.input_keys,
+        num_workers=config.data.num_workers,
+    )
+    ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        restored = ckpt.restore_latest(
+            {"params": abstract_state.params, **abstract_state.model_state},
+            {"step": abstract_state.step, "opt_state": abstract_state.opt_state, "rng": abstract_state.rng},
+            data_iter,
+        )
+        if restored is None:
+            state = jax.jit(create_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
+        else:
+            variables, train = restored
+            variables = dict(variables)
+            state = TrainState(
+                step=train["step"], params=variables.pop("params"), model_state=variables,
+                opt_state=train["opt_state"], rng=train["rng"],
+            )
+        compiled_step = (
+            jax.jit(train_step, out_shardings=(state_shardings, repl), donate_argnums=0)
+            .lower(abstract_state, abstract_batch)
+            .compile()
+        )
+    cost = compiled_step.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops_per_step = float((cost or {}).get("flops", 0.0)) * mesh.devices.size
+
+    def save(step):
+        ckpt.save(
+            step,
+            variables={"params": state.params, **state.model_state},
+            train={"step": state.step, "opt_state": state.opt_state, "rng": state.rng},
+            data_iter=data_iter,
+            config=config.to_dict(),
+            metadata=metadata(config, mesh, step),
+        )
+
+    def evaluate(step) -> dict[str, float]:
+        results = {}
+        with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+            variables = {"params": state.params, **state.model_state}
+            for name, evaluator in evaluators.items():
+                results.update({f"{name}_{k}": v for k, v in evaluator.run(variables).items()})
+        writer.write_scalars(step, results)
+        return results
+
+    # ---- The loop.
+    stop = _StopRequest()
+    stop.install()
+    step = int(jax.device_get(state.step))
+    logging.info(
+        "training %s from step %d to %d on mesh %s; %.3g FLOPs/step",
+        config.name, step, config.total_steps, dict(mesh.shape), flops_per_step,
+    )
+    results: dict[str, float] = {}
+    train_metrics: dict[str, float] = {}
+    last_step, last_time, pause = step, time.perf_counter(), 0.0
+    while step < config.total_steps:
+        local = next(data_iter)
+        batch = {
+            k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k]))
+            for k in task.input_keys
+        }
+        state, metrics = compiled_step(state, batch)
+        step += 1
+        final = step == config.total_steps
+        if step % config.log_every == 0 or final:
+            train_metrics = {f"train_{k}": float(v) for k, v in jax.device_get(metrics).items()}
+            steps_per_sec = (step - last_step) / max(time.perf_counter() - last_time - pause, 1e-9)
+            writer.write_scalars(step, {
+                **train_metrics,
+                "steps_per_sec": steps_per_sec,
+                "examples_per_sec": steps_per_sec * config.batch_size,
+                "eta_sec": (config.total_steps - step) / max(steps_per_sec, 1e-9),
+                "flops_per_sec": flops_per_step * steps_per_sec,
+            })
+            last_step, last_time, pause = step, time.perf_counter(), 0.0
+        # Evals and checkpoints are timed apart so that throughput counts training only.
+        io_start = time.perf_counter()
+        if step % config.eval_every == 0 or final:
+            results = evaluate(step)
+        if step % config.checkpoint_every == 0 or final or stop.requested:
+            save(step)
+        pause += time.perf_counter() - io_start
+        if stop.requested:
+            logging.warning("SIGTERM: saving the checkpoint of step %d and exiting", step)
+            break
+    if not results and not stop.requested:
+        results = evaluate(step)  # a finished run started again still reports its numbers
+    ckpt.wait()
+    ckpt.close()
+    writer.flush()
+    writer.close()
+    return {**train_metrics, **results}
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if flags.FLAGS.workdir is None:
+        raise app.UsageError("--workdir is required")
+    cli.setup_logging()
+    config = flags.FLAGS.config
+    results = train_and_evaluate(config, flags.FLAGS.workdir)
+    if all(k in results for k in config.report):  # not after a SIGTERM stop, which skips the evals
+        cli.print_results(config.name, {k: results[k] for k in config.report})
+
+
+if __name__ == "__main__":
+    # Flags are defined here, not at import, so that train and evaluate can be imported together.
+    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints and summaries.")
+    flags.mark_flag_as_required("config")
+    app.run(main)
