@@ -8,8 +8,18 @@ import numpy as np
 from absl import flags
 
 
+# Data-health fields a loader may add; they travel with every batch so the loop can log them.
+PASSTHROUGH = ("failed_reads",)
+
+
 def _select(example: dict, keys: Sequence[str]) -> dict:
-    return {k: example[k] for k in keys}
+    return {k: example[k] for k in keys} | {k: example[k] for k in PASSTHROUGH if k in example}
+
+
+def first_example(source) -> dict:
+    """What one element of `source` looks like after loading (for shapes and dtypes)."""
+    element = source[0]
+    return source.load(element, np.random.default_rng(0)) if hasattr(source, "load") else element
 
 
 def _local_batch_size(global_batch_size: int, process_count: int) -> int:
@@ -28,13 +38,15 @@ def _process(process_index: int | None, process_count: int | None) -> tuple[int,
 
 
 def train_iter(source, *, global_batch_size: int, seed: int, keys: Sequence[str],
-               num_workers: int = 0, process_index: int | None = None,
+               num_workers: int = 0, read_options: grain.ReadOptions | None = None,
+               process_index: int | None = None,
                process_count: int | None = None) -> grain.DatasetIterator:
     """Infinite shuffled batches of this process's shard; checkpointable via get_state().
 
     Shuffling before `repeat` gives each epoch a fresh permutation (grain folds the
     epoch into the shuffle seed). Slicing the global stream per process keeps the
-    processes disjoint within every epoch.
+    processes disjoint within every epoch. `read_options` sets the threads and
+    prefetch buffer of each process (grain's defaults: 16 threads, 500 elements).
     """
     process_index, process_count = _process(process_index, process_count)
     local = _local_batch_size(global_batch_size, process_count)
@@ -42,9 +54,13 @@ def train_iter(source, *, global_batch_size: int, seed: int, keys: Sequence[str]
         grain.MapDataset.source(source)
         .shuffle(seed=seed)
         .repeat(None)[process_index::process_count]
-        .map(functools.partial(_select, keys=tuple(keys)))
+    )
+    if hasattr(source, "load"):  # decode + augment, with an rng drawn from the seed and position
+        dataset = dataset.random_map(source.load, seed=seed)
+    dataset = (
+        dataset.map(functools.partial(_select, keys=tuple(keys)))
         .batch(local, drop_remainder=True)
-        .to_iter_dataset()
+        .to_iter_dataset(read_options)
     )
     if num_workers > 0:
         # grain 0.2.18's mp_prefetch reads an absl flag when jax is importable and
@@ -61,17 +77,22 @@ def eval_batches(source, *, global_batch_size: int, keys: Sequence[str],
     """One in-order pass with every example on exactly one process.
 
     All processes yield the same number of full-size batches, as multi-host
-    collectives require; padding rows repeat example 0 and have `mask` False.
+    collectives require; padding rows repeat the shard's first example and have `mask` False.
     """
     process_index, process_count = _process(process_index, process_count)
     local = _local_batch_size(global_batch_size, process_count)
     shard = grain.MapDataset.source(source)[process_index::process_count]
+    if hasattr(source, "load"):  # test-time views; the seeded rng only picks replacements of bad files
+        shard = shard.random_map(source.load, seed=0)
     shard = shard.map(functools.partial(_select, keys=tuple(keys)))
     per_process = -(-len(source) // process_count)
     num_batches = -(-per_process // local)
+    pad = None
     for start in range(0, num_batches * local, local):
         rows = range(start, start + local)
-        examples = [shard[i] if i < len(shard) else _select(source[0], keys) for i in rows]
-        batch = {k: np.stack([e[k] for e in examples]) for k in keys}
+        if start + local > len(shard) and pad is None:
+            pad = shard[0] if len(shard) else _select(first_example(source), keys)
+        examples = [shard[i] if i < len(shard) else pad for i in rows]
+        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
         batch["mask"] = np.array([i < len(shard) for i in rows])
         yield batch

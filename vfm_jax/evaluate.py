@@ -8,13 +8,11 @@ params are restored onto this machine's mesh, whatever mesh wrote them.
 """
 from __future__ import annotations
 
-import flax.linen as nn
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from vfm_jax import checkpointing, cli, sharding
-from vfm_jax.evaluators import build_evaluators
+from vfm_jax.evaluators import build_evaluators, run_evaluators
 from vfm_jax.input import make_source
 from vfm_jax.tasks import build_task
 
@@ -33,11 +31,7 @@ def restore_variables(config, path, mesh):
 def evaluate(config, path, devices=None) -> dict[str, float]:
     mesh = sharding.make_mesh(config.mesh, devices)
     task, variables = restore_variables(config, path, mesh)
-    results = {}
-    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        for name, evaluator in build_evaluators(config, task, mesh).items():
-            results.update({f"{name}_{k}": v for k, v in evaluator.run(variables).items()})
-    return results
+    return run_evaluators(build_evaluators(config, task, mesh), variables, mesh)
 
 
 def main(argv):

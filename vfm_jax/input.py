@@ -1,11 +1,13 @@
 """Data sources named by `config.data.name`."""
 from __future__ import annotations
 
+from data.annotations import read_classification_csv
+from data.sources import VideoClassification
 from data.synthetic import MovingShapes
 
 
 def make_source(cfg, split: str):
-    """Random-access source for `split` ('train', 'val', ...)."""
+    """Random-access source for `split` ('train', 'val', ...); sources with `load` are decoded by the pipeline."""
     if cfg.name == "moving_shapes":
         key = f"{split}_examples"
         if key not in cfg:
@@ -14,4 +16,27 @@ def make_source(cfg, split: str):
             split, num_examples=cfg[key], frames=cfg.frames, size=cfg.size,
             clip_frames=cfg.clip_frames, seed=cfg.seed,
         )
-    raise ValueError(f"config.data.name={cfg.name!r} is not a known dataset ('moving_shapes')")
+    if cfg.name == "video_classification":
+        key = f"{split}_list"
+        if key not in cfg:
+            raise ValueError(f"config.data has no {key!r} for split {split!r}")
+        return VideoClassification(
+            read_classification_csv(cfg[key], root=cfg.root or None),
+            train=split == "train",
+            frames=cfg.frames,
+            size=cfg.size,
+            sampler=cfg.sampler,
+            stride=cfg.stride,
+            crop=cfg.crop,
+            rrc_scale=tuple(cfg.rrc_scale),
+            flip=cfg.flip,
+            rand_augment=cfg.rand_augment,
+            short_side=cfg.short_side,
+            num_clips=cfg.test_clips,
+            num_crops=cfg.test_crops,
+            min_frames=cfg.min_frames,
+            max_failure_rate=cfg.max_failure_rate,
+        )
+    raise ValueError(
+        f"config.data.name={cfg.name!r} is not a known dataset ('moving_shapes', 'video_classification')"
+    )

@@ -25,6 +25,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from data.pipeline import first_example
+
 MESH_AXES = ("data", "fsdp", "tensor")
 
 LOGICAL_RULES = (
@@ -81,7 +83,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def example_batch(source, keys, batch_size: int = 1) -> dict:
     """Abstract batch (ShapeDtypeStructs) shaped like the source's examples; a missing key is an error."""
-    example = source[0]
+    example = first_example(source)
     missing = [k for k in keys if k not in example]
     if missing:
         raise ValueError(f"the data has no field(s) {missing}; it has {sorted(example)}")

@@ -8,6 +8,7 @@ config has been validated (the task, model and evaluators are built first).
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from typing import Any
 
@@ -24,7 +25,7 @@ from ml_collections import config_flags
 
 from data.pipeline import train_iter
 from vfm_jax import checkpointing, cli, optim, sharding
-from vfm_jax.evaluators import build_evaluators
+from vfm_jax.evaluators import build_evaluators, run_evaluators
 from vfm_jax.input import make_source
 from vfm_jax.tasks import build_task
 
@@ -58,13 +59,23 @@ def metadata(config, mesh, step: int) -> dict:
 # --------------------------------------------------------------------------- SIGTERM
 
 class _StopRequest:
-    """Set by SIGTERM; the loop saves at the current step and returns."""
+    """Set by SIGTERM while training; the loop then saves at the current step and returns.
+
+    The previous handler is put back on exit (signals only reach the main thread).
+    """
 
     def __init__(self):
         self.requested = False
+        self._previous = None
 
-    def install(self):
-        signal.signal(signal.SIGTERM, self._handle)
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
 
     def _handle(self, signum, frame):
         del signum, frame
@@ -76,7 +87,7 @@ class _StopRequest:
 def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
     """Train `config` in `workdir`, resuming from its checkpoints if any.
 
-    Returns the last logged train metrics (`train_*`) and eval results.
+    Returns the last logged metrics (`train_*`, throughput, `data_failed_reads`) and eval results.
     """
     # ---- Config checks: everything below raises on a bad key or value before a file is written.
     task = build_task(config)
@@ -197,62 +208,61 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
         )
 
     def evaluate(step) -> dict[str, float]:
-        results = {}
-        with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-            variables = {"params": state.params, **state.model_state}
-            for name, evaluator in evaluators.items():
-                results.update({f"{name}_{k}": v for k, v in evaluator.run(variables).items()})
+        variables = {"params": state.params, **state.model_state}
+        results = run_evaluators(evaluators, variables, mesh)
         writer.write_scalars(step, results)
         return results
 
     # ---- The loop.
-    stop = _StopRequest()
-    stop.install()
     step = int(jax.device_get(state.step))
     logging.info(
         "training %s from step %d to %d on mesh %s; %.3g FLOPs/step",
         config.name, step, config.total_steps, dict(mesh.shape), flops_per_step,
     )
     results: dict[str, float] = {}
-    train_metrics: dict[str, float] = {}
+    logged: dict[str, float] = {}
     last_step, last_time, pause = step, time.perf_counter(), 0.0
-    while step < config.total_steps:
-        local = next(data_iter)
-        batch = {
-            k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k]))
-            for k in task.input_keys
-        }
-        state, metrics = compiled_step(state, batch)
-        step += 1
-        final = step == config.total_steps
-        if step % config.log_every == 0 or final:
-            train_metrics = {f"train_{k}": float(v) for k, v in jax.device_get(metrics).items()}
-            steps_per_sec = (step - last_step) / max(time.perf_counter() - last_time - pause, 1e-9)
-            writer.write_scalars(step, {
-                **train_metrics,
-                "steps_per_sec": steps_per_sec,
-                "examples_per_sec": steps_per_sec * config.batch_size,
-                "eta_sec": (config.total_steps - step) / max(steps_per_sec, 1e-9),
-                "flops_per_sec": flops_per_step * steps_per_sec,
-            })
-            last_step, last_time, pause = step, time.perf_counter(), 0.0
-        # Evals and checkpoints are timed apart so that throughput counts training only.
-        io_start = time.perf_counter()
-        if step % config.eval_every == 0 or final:
-            results = evaluate(step)
-        if step % config.checkpoint_every == 0 or final or stop.requested:
-            save(step)
-        pause += time.perf_counter() - io_start
-        if stop.requested:
-            logging.warning("SIGTERM: saving the checkpoint of step %d and exiting", step)
-            break
+    failed_reads = 0  # unreadable media replaced by the loader since this process started
+    with _StopRequest() as stop:
+        while step < config.total_steps:
+            local = next(data_iter)
+            batch = {
+                k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k]))
+                for k in task.input_keys
+            }
+            state, metrics = compiled_step(state, batch)
+            failed_reads += int(np.sum(local.get("failed_reads", 0)))
+            step += 1
+            final = step == config.total_steps
+            if step % config.log_every == 0 or final:
+                steps_per_sec = (step - last_step) / max(time.perf_counter() - last_time - pause, 1e-9)
+                logged = {
+                    **{f"train_{k}": float(v) for k, v in jax.device_get(metrics).items()},
+                    "steps_per_sec": steps_per_sec,
+                    "examples_per_sec": steps_per_sec * config.batch_size,
+                    "eta_sec": (config.total_steps - step) / max(steps_per_sec, 1e-9),
+                    "flops_per_sec": flops_per_step * steps_per_sec,
+                    "data_failed_reads": failed_reads,
+                }
+                writer.write_scalars(step, logged)
+                last_step, last_time, pause = step, time.perf_counter(), 0.0
+            # Evals and checkpoints are timed apart so that throughput counts training only.
+            io_start = time.perf_counter()
+            if step % config.eval_every == 0 or final:
+                results = evaluate(step)
+            if step % config.checkpoint_every == 0 or final or stop.requested:
+                save(step)
+            pause += time.perf_counter() - io_start
+            if stop.requested:
+                logging.warning("SIGTERM: saving the checkpoint of step %d and exiting", step)
+                break
     if not results and not stop.requested:
         results = evaluate(step)  # a finished run started again still reports its numbers
     ckpt.wait()
     ckpt.close()
     writer.flush()
     writer.close()
-    return {**train_metrics, **results}
+    return {**logged, **results}
 
 
 def main(argv):

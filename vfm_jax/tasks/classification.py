@@ -5,8 +5,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from data.transforms import NORMALIZATION
 from vfm_jax.models import build_model
-from vfm_jax.tasks.common import NORMALIZATION, normalize_video, topk_correct
+from vfm_jax.tasks.common import normalize_video, topk_correct
 
 
 class ClassificationTask:
@@ -53,14 +54,25 @@ class ClassificationTask:
         return self.model.apply(variables, self._video(batch), train=False)
 
     def eval_metrics(self, variables, batch) -> dict:
-        """Sums over the real (mask=True) rows of one batch; the evaluator divides by `count`."""
-        logits = self.predict(variables, batch).astype(jnp.float32)
+        """Sums over the real (mask=True) rows of one batch; the evaluator divides by `count`.
+
+        A (B, views, T, H, W, C) video is scored as the official multi-view
+        protocols do: softmax per view, then the mean over views.
+        """
+        video = batch["video"]
+        if video.ndim == 6:
+            b, v = video.shape[:2]
+            flat = {**batch, "video": video.reshape(b * v, *video.shape[2:])}
+            probs = jax.nn.softmax(self.predict(variables, flat).astype(jnp.float32), axis=-1)
+            log_probs = jnp.log(probs.reshape(b, v, -1).mean(axis=1))
+        else:
+            log_probs = jax.nn.log_softmax(self.predict(variables, batch).astype(jnp.float32), axis=-1)
         labels = batch[self.label]
         mask = batch["mask"].astype(jnp.float32)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+        loss = -jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
         return {
             "loss": jnp.sum(loss * mask),
-            "top1": jnp.sum(topk_correct(logits, labels, 1) * mask),
-            "top5": jnp.sum(topk_correct(logits, labels, 5) * mask),
+            "top1": jnp.sum(topk_correct(log_probs, labels, 1) * mask),
+            "top5": jnp.sum(topk_correct(log_probs, labels, 5) * mask),
             "count": jnp.sum(mask),
         }
