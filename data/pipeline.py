@@ -72,12 +72,14 @@ def train_iter(source, *, global_batch_size: int, seed: int, keys: Sequence[str]
 
 
 def eval_batches(source, *, global_batch_size: int, keys: Sequence[str],
+                 read_options: grain.ReadOptions | None = None,
                  process_index: int | None = None,
                  process_count: int | None = None) -> Iterator[dict]:
     """One in-order pass with every example on exactly one process.
 
     All processes yield the same number of full-size batches, as multi-host
-    collectives require; padding rows repeat the shard's first example and have `mask` False.
+    collectives require; padding rows repeat the shard's first example and have
+    `mask` False. Examples are loaded by grain's reader threads (`read_options`).
     """
     process_index, process_count = _process(process_index, process_count)
     local = _local_batch_size(global_batch_size, process_count)
@@ -86,13 +88,13 @@ def eval_batches(source, *, global_batch_size: int, keys: Sequence[str],
         shard = shard.random_map(source.load, seed=0)
     shard = shard.map(functools.partial(_select, keys=tuple(keys)))
     per_process = -(-len(source) // process_count)
-    num_batches = -(-per_process // local)
-    pad = None
-    for start in range(0, num_batches * local, local):
-        rows = range(start, start + local)
-        if start + local > len(shard) and pad is None:
-            pad = shard[0] if len(shard) else _select(first_example(source), keys)
-        examples = [shard[i] if i < len(shard) else pad for i in rows]
-        batch = {k: np.stack([e[k] for e in examples]) for k in examples[0]}
-        batch["mask"] = np.array([i < len(shard) for i in rows])
-        yield batch
+    num_rows = -(-per_process // local) * local
+
+    def row(i: int) -> dict:
+        if i < len(shard):
+            return {**shard[i], "mask": np.bool_(True)}
+        example = shard[0] if len(shard) else _select(first_example(source), keys)
+        return {**example, "mask": np.bool_(False)}
+
+    batches = grain.MapDataset.range(num_rows).map(row).batch(local).to_iter_dataset(read_options)
+    yield from batches

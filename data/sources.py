@@ -17,7 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import io
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -53,8 +53,8 @@ class _ReadFailures:
             )
 
 
-class VideoClassification:
-    """Records `{path, label}` -> `{video, label, index, failed_reads}`.
+class VideoClips:
+    """Records with media -> `{video, index, failed_reads, **targets}`; subclasses add the targets.
 
     Train: one clip from `sampler` (random variant), optional RandAugment, then
     `crop` ('rrc': the Inception crop of VideoMAE/UMT fine-tuning and
@@ -126,13 +126,17 @@ class VideoClassification:
             self._failures.record(record["path"], None)
             return {
                 "video": video,
-                "label": np.int32(record["label"]),
+                **self._targets(record, rng),
                 "index": np.int32(index),
                 "failed_reads": np.int32(failed),
             }
         raise DataFloodError(
             f"{self.max_retries + 1} media reads in a row failed, the last {record['path']!r}"
         )
+
+    def _targets(self, record: dict, rng: np.random.Generator) -> dict:
+        del record, rng
+        return {}
 
     def _read(self, record: dict, rng: np.random.Generator) -> np.ndarray:
         """Sampled frames of a record's media: stored frames, file bytes, or a file path."""
@@ -174,3 +178,29 @@ class VideoClassification:
             else:
                 views.append(transforms.center_crop(clip, self.size))
         return np.stack(views) if len(views) > 1 else views[0]
+
+
+class VideoClassification(VideoClips):
+    """Records `{path, label}` -> `{video, label, index, failed_reads}`."""
+
+    def _targets(self, record, rng):
+        del rng
+        return {"label": np.int32(record["label"])}
+
+
+class VideoText(VideoClips):
+    """Records `{path, captions}` -> `{video, text_ids, text_mask, index, failed_reads}`.
+
+    Training draws one of the captions with the example's rng (as UMT/VINDLU
+    do with caption lists); evaluation takes the first. `encode_text` is
+    `data.tokenizers.fixed_length(tokenizer, max_length)`.
+    """
+
+    def __init__(self, records, *, encode_text: Callable[[str], dict], **kwargs):
+        super().__init__(records, **kwargs)
+        self.encode_text = encode_text
+
+    def _targets(self, record, rng):
+        captions = record["captions"]
+        caption = captions[int(rng.integers(len(captions)))] if self.train else captions[0]
+        return self.encode_text(caption)

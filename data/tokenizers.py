@@ -15,7 +15,7 @@ import json
 import os
 import re
 import unicodedata
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -429,3 +429,30 @@ def load_tokenizer(kind: str, path: str, **kwargs):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{kind} tokenizer file not found: {path}")
     return _KINDS[kind](path, **kwargs)
+
+
+def fixed_length(tokenizer, max_length: int) -> Callable[[str], dict[str, np.ndarray]]:
+    """text -> {'text_ids': (max_length,) int32, 'text_mask': (max_length,) bool} for any tokenizer here.
+
+    What the input pipeline stores per caption: BERT ids are [CLS] ... [SEP]
+    padded with [PAD]; CLIP ids are `clip.tokenize`'s row; SentencePiece and
+    tokenizer.json ids are truncated and zero-padded. The mask marks real tokens.
+    """
+    if isinstance(tokenizer, WordPieceTokenizer):
+        def encode(text):
+            out = tokenizer.encode(text, max_length=max_length, padding=True)
+            return {"text_ids": out["input_ids"], "text_mask": out["attention_mask"].astype(bool)}
+    elif isinstance(tokenizer, ClipBpeTokenizer):
+        def encode(text):
+            ids = tokenizer.tokenize(text, context_length=max_length)[0]
+            length = int(np.argmax(ids == tokenizer.eot_id)) + 1
+            return {"text_ids": ids, "text_mask": np.arange(max_length) < length}
+    elif isinstance(tokenizer, (SentencePieceTokenizer, HfTokenizerJson)):
+        def encode(text):
+            ids = list(tokenizer.encode(text))[:max_length]
+            padded = np.zeros(max_length, np.int32)
+            padded[:len(ids)] = ids
+            return {"text_ids": padded, "text_mask": np.arange(max_length) < len(ids)}
+    else:
+        raise TypeError(f"not a tokenizer of data.tokenizers: {type(tokenizer).__name__}")
+    return encode

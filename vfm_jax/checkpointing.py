@@ -97,6 +97,20 @@ class Checkpointer:
         self.manager.close()
 
 
+def save_variables(path: str | os.PathLike, variables, metadata: dict, step: int = 0):
+    """A params-only checkpoint (what converters write): `<path>/<step>/{params, metadata}`."""
+    manager = ocp.CheckpointManager(epath.Path(path), options=ocp.CheckpointManagerOptions(create=True))
+    manager.save(
+        step,
+        args=ocp.args.Composite(
+            params=ocp.args.StandardSave(variables), metadata=ocp.args.JsonSave(metadata)
+        ),
+        force=True,
+    )
+    manager.wait_until_finished()
+    manager.close()
+
+
 def _step_dir(path: str | os.PathLike) -> epath.Path:
     """A step directory from a run's workdir, its checkpoints dir, or a step dir itself."""
     path = epath.Path(path)

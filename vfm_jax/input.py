@@ -1,9 +1,12 @@
 """Data sources named by `config.data.name`."""
 from __future__ import annotations
 
-from data.annotations import read_classification_csv
-from data.sources import VideoClassification
+from data.annotations import read_classification_csv, read_vindlu_json, read_webvid_csv
+from data.sources import VideoClassification, VideoText
 from data.synthetic import MovingShapes
+from data.tokenizers import fixed_length, load_tokenizer
+
+VIDEO_TEXT_FORMATS = {"vindlu": read_vindlu_json, "webvid": read_webvid_csv}
 
 
 def make_source(cfg, split: str):
@@ -16,12 +19,11 @@ def make_source(cfg, split: str):
             split, num_examples=cfg[key], frames=cfg.frames, size=cfg.size,
             clip_frames=cfg.clip_frames, seed=cfg.seed,
         )
-    if cfg.name == "video_classification":
+    if cfg.name in ("video_classification", "video_text"):
         key = f"{split}_list"
         if key not in cfg:
             raise ValueError(f"config.data has no {key!r} for split {split!r}")
-        return VideoClassification(
-            read_classification_csv(cfg[key], root=cfg.root or None),
+        clips = dict(
             train=split == "train",
             frames=cfg.frames,
             size=cfg.size,
@@ -37,6 +39,17 @@ def make_source(cfg, split: str):
             min_frames=cfg.min_frames,
             max_failure_rate=cfg.max_failure_rate,
         )
+        root = cfg.root or None
+        if cfg.name == "video_classification":
+            return VideoClassification(read_classification_csv(cfg[key], root=root), **clips)
+        if cfg.annotation_format not in VIDEO_TEXT_FORMATS:
+            raise ValueError(
+                f"config.data.annotation_format={cfg.annotation_format!r} is not one of {sorted(VIDEO_TEXT_FORMATS)}"
+            )
+        records = VIDEO_TEXT_FORMATS[cfg.annotation_format](cfg[key], root=root)
+        tokenizer = load_tokenizer(cfg.tokenizer, cfg.tokenizer_file)
+        return VideoText(records, encode_text=fixed_length(tokenizer, cfg.max_text_length), **clips)
     raise ValueError(
-        f"config.data.name={cfg.name!r} is not a known dataset ('moving_shapes', 'video_classification')"
+        f"config.data.name={cfg.name!r} is not a known dataset "
+        "('moving_shapes', 'video_classification', 'video_text')"
     )

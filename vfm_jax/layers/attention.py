@@ -14,15 +14,22 @@ class SelfAttention(nn.Module):
 
     This is the BEiT/VideoMAE/UMT parameterisation (`qkv.weight` without bias,
     `q_bias`, `v_bias`); with `qkv_bias='qkv'` all three get a bias (CLIP style).
+
+    With `return_cls_attention` it also returns the head-averaged attention
+    probabilities of query 0 over all keys, (B, Lk) in fp32 (UMT's teacher
+    masks by the CLS->patch attention). Fused kernels never expose
+    probabilities, so this one row is recomputed with an explicit fp32
+    softmax; it costs O(Lk) per head next to the O(Lq * Lk) product.
     """
 
     num_heads: int
     qkv_bias: str = "qv"  # 'qv' | 'qkv' | 'none'
     attention_impl: str = "auto"
     dtype: Dtype = jnp.float32
+    return_cls_attention: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, key_lengths: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, *, key_lengths: jax.Array | None = None):
         width = x.shape[-1]
         if width % self.num_heads:
             raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}")
@@ -49,4 +56,17 @@ class SelfAttention(nn.Module):
         )
         out_bias = self.param("out_bias", with_axes(nn.initializers.zeros, ("embed",)), (width,))
         out = jnp.einsum("blhk,hkd->bld", out, out_kernel.astype(self.dtype))
-        return out + out_bias.astype(self.dtype)
+        out = out + out_bias.astype(self.dtype)
+        if not self.return_cls_attention:
+            return out
+        return out, _cls_attention(q[:, 0], k, key_lengths)
+
+
+def _cls_attention(q0: jax.Array, k: jax.Array, key_lengths: jax.Array | None) -> jax.Array:
+    """(B, H, hd) query 0 and (B, Lk, H, hd) keys -> (B, Lk) softmax probabilities averaged over heads."""
+    logits = jnp.einsum("bhk,blhk->bhl", q0.astype(jnp.float32), k.astype(jnp.float32))
+    logits = logits / jnp.sqrt(jnp.float32(q0.shape[-1]))
+    if key_lengths is not None:
+        valid = jnp.arange(k.shape[1])[None, :] < key_lengths[:, None]
+        logits = jnp.where(valid[:, None, :], logits, -jnp.inf)
+    return jnp.mean(jax.nn.softmax(logits, axis=-1), axis=1)

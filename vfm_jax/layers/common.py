@@ -17,15 +17,21 @@ def with_axes(init, axes: Sequence[str | None]):
     return nn.with_logical_partitioning(init, tuple(axes))
 
 
-def layer_norm(eps: float = 1e-6, name: str | None = None) -> nn.LayerNorm:
-    """LayerNorm computed in fp32 with `embed`-named scale and bias."""
+def layer_norm(eps: float = 1e-6, name: str | None = None, axis: str = "embed") -> nn.LayerNorm:
+    """LayerNorm computed in fp32 with scale and bias named by the logical `axis`."""
     return nn.LayerNorm(
         epsilon=eps,
         dtype=jnp.float32,
-        scale_init=with_axes(nn.initializers.ones, ("embed",)),
-        bias_init=with_axes(nn.initializers.zeros, ("embed",)),
+        scale_init=with_axes(nn.initializers.ones, (axis,)),
+        bias_init=with_axes(nn.initializers.zeros, (axis,)),
         name=name,
     )
+
+
+def l2_normalize(x: jax.Array) -> jax.Array:
+    """x / ||x|| over the last axis in fp32, without an epsilon (as CLIP and UMT divide)."""
+    x = x.astype(jnp.float32)
+    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
 class DropPath(nn.Module):
@@ -40,4 +46,5 @@ class DropPath(nn.Module):
         keep = 1.0 - self.rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = jax.random.bernoulli(self.make_rng("droppath"), keep, shape)
-        return jnp.where(mask, x / keep, jnp.zeros_like(x))
+        # Cast back: a traced (fp32) rate would otherwise promote bf16 x and change the scan carry's dtype.
+        return jnp.where(mask, x / keep, jnp.zeros_like(x)).astype(x.dtype)

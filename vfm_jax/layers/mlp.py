@@ -8,12 +8,25 @@ import jax.numpy as jnp
 from vfm_jax.layers.common import Dtype, trunc_normal, with_axes
 
 
+def quick_gelu(x: jax.Array) -> jax.Array:
+    """x * sigmoid(1.702 x), the GELU approximation OpenAI CLIP was trained with."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+# `activation` names: 'gelu' is the exact erf form of torch.nn.GELU.
+ACTIVATIONS = {
+    "gelu": lambda x: nn.gelu(x, approximate=False),
+    "quick_gelu": quick_gelu,
+}
+
+
 class Mlp(nn.Module):
-    """Dense -> GELU (exact erf form, as torch.nn.GELU) -> dropout -> Dense."""
+    """Dense -> activation -> dropout -> Dense."""
 
     hidden_dim: int
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    activation: str = "gelu"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -26,7 +39,9 @@ class Mlp(nn.Module):
             name="fc1",
         )(x)
         h = nn.with_logical_constraint(h, ("batch", "length", "mlp"))
-        h = nn.gelu(h, approximate=False)
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} not in {sorted(ACTIVATIONS)}")
+        h = ACTIVATIONS[self.activation](h)
         h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         return nn.Dense(
             width,

@@ -12,10 +12,14 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vfm_jax.models.clip import CLIPVision
+from vfm_jax.models.umt import UMTStudent
 from vfm_jax.models.vit import VideoViT
 
 ARCHS: dict[str, type[nn.Module]] = {
     "video_vit": VideoViT,
+    "umt_student": UMTStudent,
+    "clip_vision": CLIPVision,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {

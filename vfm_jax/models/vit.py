@@ -18,7 +18,15 @@ from vfm_jax.layers.transformer import Encoder
 
 
 class VideoViT(nn.Module):
-    """(B, T, H, W, 3) float video -> (B, num_classes) logits, or pooled features if num_classes == 0."""
+    """(B, T, H, W, 3) float video -> (B, num_classes) logits, or pooled features if num_classes == 0.
+
+    `pos_embedding`: 'sinusoid' regenerates the fixed table for the token
+    count at hand; 'learned' is a `pos_embed` param (initialised to that
+    table), which released fine-tuned checkpoints carry when their token count
+    differs from the pre-training one. Intermediates are sown for parity
+    checks: `embed_tokens` (blocks' input), `tokens` (last block's output),
+    `pooled_features` (after fc_norm).
+    """
 
     num_classes: int
     width: int = 768
@@ -28,6 +36,7 @@ class VideoViT(nn.Module):
     patch_size: int = 16
     tubelet_size: int = 1
     qkv_bias: str = "qv"
+    pos_embedding: str = "sinusoid"
     dropout: float = 0.0
     head_dropout: float = 0.0
     drop_path_rate: float = 0.0
@@ -44,7 +53,18 @@ class VideoViT(nn.Module):
         x = TubeletEmbed(
             self.width, self.patch_size, self.tubelet_size, self.dtype, name="patch_embed"
         )(video)
-        x = x + jnp.asarray(sinusoid_table(x.shape[1], self.width), self.dtype)[None]
+        if self.pos_embedding == "learned":
+            pos = self.param(
+                "pos_embed",
+                with_axes(lambda _, shape: jnp.asarray(sinusoid_table(*shape)), ("length", "embed")),
+                (x.shape[1], self.width),
+            )
+        elif self.pos_embedding == "sinusoid":
+            pos = sinusoid_table(x.shape[1], self.width)
+        else:
+            raise ValueError(f"pos_embedding={self.pos_embedding!r} is not 'sinusoid' or 'learned'")
+        x = x + jnp.asarray(pos, self.dtype)[None]
+        self.sow("intermediates", "embed_tokens", x)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)
         x = Encoder(
             depth=self.depth,
@@ -61,7 +81,9 @@ class VideoViT(nn.Module):
             dtype=self.dtype,
             name="encoder",
         )(x)
+        self.sow("intermediates", "tokens", x)
         x = layer_norm(self.ln_eps, name="fc_norm")(jnp.mean(x.astype(jnp.float32), axis=1))
+        self.sow("intermediates", "pooled_features", x)
         if self.num_classes == 0:
             return x
         x = nn.Dropout(self.head_dropout)(x, deterministic=not train)
@@ -84,7 +106,7 @@ class VideoViT(nn.Module):
         """
         def layer_id(path, _):
             top = path[0]
-            if top == "patch_embed":
+            if top in ("patch_embed", "pos_embed"):
                 return np.int32(0)
             if top == "encoder":
                 block = path[1]

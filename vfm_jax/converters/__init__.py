@@ -1,0 +1,1 @@
+"""Converters from the official PyTorch checkpoints to vfm_jax params."""
