@@ -1,16 +1,19 @@
 """The one train loop: `python -m vfm_jax.train --config=configs/<file>.py[:variant] --workdir=DIR`.
 
-Sections, in order: config checks -> mesh -> data -> model, optimizer and
-sharded state (or resume) -> compiled step -> loop with metrics, evals,
-checkpoints and SIGTERM handling. Nothing is written to the workdir before the
-config has been validated (the task, model and evaluators are built first).
+`train_and_evaluate` reads top-down: config checks -> mesh -> the program
+(`build_program`: optimizer, sharded state layout from the params' logical
+axes, train step) -> workdir, writers, data and the state (restored or
+created sharded) -> compiled step -> loop with metrics, evals, checkpoints and
+SIGTERM handling. Nothing is written to the workdir before the whole program
+has been built from shapes, so a bad config fails first.
 """
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
@@ -21,6 +24,7 @@ import optax
 from absl import app, flags, logging
 from clu import metric_writers
 from etils import epath
+import ml_collections
 from ml_collections import config_flags
 
 from data.pipeline import train_iter
@@ -82,42 +86,32 @@ class _StopRequest:
         self.requested = True
 
 
-# --------------------------------------------------------------------------- loop
+# --------------------------------------------------------------------------- the program
 
-def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
-    """Train `config` in `workdir`, resuming from its checkpoints if any.
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """What the loop runs: the state layout and the functions that create and step it."""
 
-    Returns the last logged metrics (`train_*`, throughput, `data_failed_reads`) and eval results.
-    """
-    # ---- Config checks: everything below raises on a bad key or value before a file is written.
-    task = build_task(config)
-    mesh = sharding.make_mesh(config.mesh, devices)
-    evaluators = build_evaluators(config, task, mesh)
-    missing = [r for r in config.report if not any(r.startswith(f"{n}_") for n in evaluators)]
-    if missing:
-        raise ValueError(f"config.report names {missing}, which no evaluator in config.evals produces")
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.batch_size % batch_shards or config.batch_size % jax.process_count():
-        raise ValueError(
-            f"batch_size={config.batch_size} must split evenly over data*fsdp={batch_shards} "
-            f"devices and {jax.process_count()} processes"
-        )
-    train_source = make_source(config.data, "train")
-    batch_sharding = sharding.batch_sharding(mesh)
-    repl = sharding.replicated(mesh)
+    create_state: Callable[[jax.Array], TrainState]
+    train_step: Callable[[TrainState, dict], tuple[TrainState, dict]]
+    state_shardings: TrainState
+    abstract_state: TrainState  # ShapeDtypeStructs carrying the shardings
+    abstract_batch: dict
+
+
+def build_program(config, task, mesh, train_source) -> Program:
+    """Optimizer, sharded state layout (from the params' logical axes) and the train step."""
+    batch_sharding, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
     abstract_batch = checkpointing.abstract_with_shardings(
         sharding.example_batch(train_source, task.input_keys, config.batch_size),
         {k: batch_sharding for k in task.input_keys},
     )
-
-    # ---- Model, optimizer and the layout of the sharded train state (shapes only).
     example = sharding.zeros_like_batch(sharding.example_batch(train_source, task.input_keys))
     abstract_vars, var_shardings = sharding.variables_layout(task, example, mesh)
-    model = task.model
     tx, lr_schedule = optim.make_optimizer(
         config.optim, config.total_steps, abstract_vars["params"],
-        layer_ids_fn=getattr(model, "layer_ids", None),
-        num_layers=getattr(model, "num_layers", None),
+        layer_ids_fn=getattr(task.model, "layer_ids", None),
+        num_layers=getattr(task.model, "num_layers", None),
     )
     opt_shardings = optax.tree_utils.tree_map_params(
         tx, lambda _, s: s, jax.eval_shape(tx.init, abstract_vars["params"]),
@@ -159,6 +153,59 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
         abstract_state = checkpointing.abstract_with_shardings(
             jax.eval_shape(create_state, jax.random.PRNGKey(0)), state_shardings
         )
+    return Program(create_state, train_step, state_shardings, abstract_state, abstract_batch)
+
+
+def flops_per_train_step(config, mesh, train_source) -> float:
+    """XLA's FLOP count of one global train step.
+
+    Taken from the unrolled program (every `scan_layers` set False) before
+    compilation: XLA's cost analysis counts a scanned loop's body once, which
+    would understate a scanned stack by its depth.
+    """
+    unrolled = config.copy_and_resolve_references()
+
+    def unroll(node):
+        for key, value in node.items():
+            if key == "scan_layers":
+                node[key] = False
+            elif isinstance(value, ml_collections.ConfigDict):
+                unroll(value)
+
+    with unrolled.unlocked():
+        unroll(unrolled)
+    program = build_program(unrolled, build_task(unrolled), mesh, train_source)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        cost = jax.jit(program.train_step).lower(program.abstract_state, program.abstract_batch).cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float((cost or {}).get("flops", 0.0))
+
+
+# --------------------------------------------------------------------------- loop
+
+def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
+    """Train `config` in `workdir`, resuming from its checkpoints if any.
+
+    Returns the last logged metrics (`train_*`, throughput, `data_failed_reads`) and eval results.
+    """
+    # ---- Config checks: everything below raises on a bad key or value before a file is written.
+    task = build_task(config)
+    mesh = sharding.make_mesh(config.mesh, devices)
+    evaluators = build_evaluators(config, task, mesh)
+    missing = [r for r in config.report if not any(r.startswith(f"{n}_") for n in evaluators)]
+    if missing:
+        raise ValueError(f"config.report names {missing}, which no evaluator in config.evals produces")
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    if config.batch_size % batch_shards or config.batch_size % jax.process_count():
+        raise ValueError(
+            f"batch_size={config.batch_size} must split evenly over data*fsdp={batch_shards} "
+            f"devices and {jax.process_count()} processes"
+        )
+    train_source = make_source(config.data, "train")
+    program = build_program(config, task, mesh, train_source)
+    state_shardings, abstract_state = program.state_shardings, program.abstract_state
+    batch_sharding, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    flops_per_step = flops_per_train_step(config, mesh, train_source)
 
     # ---- Workdir, writers, data, and the state: restored, or created sharded.
     workdir = epath.Path(workdir)
@@ -180,7 +227,14 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
             data_iter,
         )
         if restored is None:
-            state = jax.jit(create_state, out_shardings=state_shardings)(jax.random.PRNGKey(config.seed))
+            state = jax.jit(program.create_state, out_shardings=state_shardings)(
+                jax.random.PRNGKey(config.seed)
+            )
+            for collection, path in getattr(task, "pretrained", {}).items():  # e.g. a frozen teacher
+                target = {"params": abstract_state.model_state[collection]}
+                loaded = checkpointing.load_variables(path, target)["params"]
+                state = state.replace(model_state={**state.model_state, collection: loaded})
+                logging.info("initialised %s from %s", collection, path)
         else:
             variables, train = restored
             variables = dict(variables)
@@ -189,13 +243,10 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
                 opt_state=train["opt_state"], rng=train["rng"],
             )
         compiled_step = (
-            jax.jit(train_step, out_shardings=(state_shardings, repl), donate_argnums=0)
-            .lower(abstract_state, abstract_batch)
+            jax.jit(program.train_step, out_shardings=(state_shardings, repl), donate_argnums=0)
+            .lower(abstract_state, program.abstract_batch)
             .compile()
         )
-    cost = compiled_step.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    flops_per_step = float((cost or {}).get("flops", 0.0)) * mesh.devices.size
 
     def save(step):
         ckpt.save(
@@ -235,9 +286,10 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
             step += 1
             final = step == config.total_steps
             if step % config.log_every == 0 or final:
+                train_metrics = jax.device_get(metrics)  # waits for this step: dispatch is asynchronous
                 steps_per_sec = (step - last_step) / max(time.perf_counter() - last_time - pause, 1e-9)
                 logged = {
-                    **{f"train_{k}": float(v) for k, v in jax.device_get(metrics).items()},
+                    **{f"train_{k}": float(v) for k, v in train_metrics.items()},
                     "steps_per_sec": steps_per_sec,
                     "examples_per_sec": steps_per_sec * config.batch_size,
                     "eta_sec": (config.total_steps - step) / max(steps_per_sec, 1e-9),
@@ -273,7 +325,7 @@ def main(argv):
     cli.setup_logging()
     config = flags.FLAGS.config
     results = train_and_evaluate(config, flags.FLAGS.workdir)
-    if all(k in results for k in config.report):  # not after a SIGTERM stop, which skips the evals
+    if config.report and all(k in results for k in config.report):  # not after a SIGTERM stop
         cli.print_results(config.name, {k: results[k] for k in config.report})
 
 

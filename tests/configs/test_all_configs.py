@@ -8,7 +8,11 @@ import pytest
 
 from vfm_jax.tasks import build_task
 
-CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).parents[2] / "configs").glob("*.py") if p.stem != "__init__")
+ROOT = pathlib.Path(__file__).parents[2]
+CONFIGS = sorted(
+    ".".join(p.relative_to(ROOT).with_suffix("").parts[1:])
+    for p in (ROOT / "configs").rglob("*.py") if p.stem != "__init__"
+)
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -19,4 +23,4 @@ def test_config_builds(name):
     video = jax.ShapeDtypeStruct((1, frames, size, size, 3), jnp.uint8)
     variables = jax.eval_shape(lambda v: task.init(jax.random.PRNGKey(0), {"video": v}), video)
     assert "params" in variables
-    assert config.report and config.name == name
+    assert config.name == name.replace(".", "_")

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from vfm_jax.tasks.classification import ClassificationTask
+from vfm_jax.tasks.umt import UMTStage1Task
 
-TASKS = {"classification": ClassificationTask}
+TASKS = {"classification": ClassificationTask, "umt_stage1": UMTStage1Task}
 
 
 def build_task(config):
