@@ -11,20 +11,18 @@ examples/s on its synthetic clips, for scale: it is what a tiny model eats.
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import tempfile
 import time
 
 import av
 import grain
-import jax
 import numpy as np
 from absl import app, flags
 
 from data.pipeline import train_iter
 from data.sources import VideoClassification
+from experiments.bench import report
 
 _OUT = flags.DEFINE_string("out", None, "JSON file to write (printed to stdout too).")
 _VIDEOS = flags.DEFINE_integer("videos", 16, "Distinct videos to generate.")
@@ -86,16 +84,11 @@ def main(argv):
         decode = {f"workers_{w}": clips_per_second(source, w, _BATCHES.value) for w in (1, 2)}
     result = {
         "benchmark": "data",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax_backend": jax.default_backend()},
         "clip": "8 frames (TSN) of 10 s 30 fps 340x256 H.264 -> RandomResizedCrop 224 + flip",
         "decode_augment_clips_per_sec": decode,
         "quickstart_train_clips_per_sec": quickstart_examples_per_second(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            f.write(text + "\n")
+    report.write(result, _OUT.value)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,12 @@ compilation), synthetic clips, batch 8.
 """
 from __future__ import annotations
 
-import json
-import os
-import platform
 import tempfile
 
-import jax
 from absl import app, flags
 
 from configs.umt.stage1 import get_config
+from experiments.bench import report
 from vfm_jax.train import train_and_evaluate
 
 _OUT = flags.DEFINE_string("out", None, "JSON file to write (printed to stdout too).")
@@ -50,18 +47,12 @@ def main(argv):
     masked, full = step_time(0.8), step_time(0.0)
     result = {
         "benchmark": "umt_stage1_masking",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "jax_backend": jax.default_backend(),
-                    "devices": jax.device_count()},
         "shapes": "student/teacher 384 wide, 6 blocks, 6 heads, patch 16, 8 frames x 112 px, batch 8",
         "masked_80": masked,
         "unmasked": full,
         "speedup": full["step_time_ms"] / masked["step_time_ms"],
     }
-    text = json.dumps(result, indent=2)
-    print(text)
-    if _OUT.value:
-        with open(_OUT.value, "w") as f:
-            f.write(text + "\n")
+    report.write(result, _OUT.value)
 
 
 if __name__ == "__main__":

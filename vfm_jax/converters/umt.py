@@ -14,8 +14,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-import numpy as np
-
 from vfm_jax.converters.common import KeyTracker, layer_norm, linear, stack_layers
 
 
