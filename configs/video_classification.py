@@ -5,9 +5,10 @@
 
 Recipe of UMT/VideoMAE fine-tuning: 8 TSN-sampled frames, RandomResizedCrop
 224 + flip, ImageNet mean/std; test with 2 temporal clips x 3 crops of the
-224 short side, softmax per view then mean. This trains from scratch (no
-pretrained weights yet) and reproduces no published number; it exists so
-any folder of videos trains with the real pipeline. `model` picks a preset of
+224 short side, softmax per view then mean. From scratch by default, or
+from converted pre-training weights with `--config.init_from.checkpoint=DIR`;
+it reproduces no published number yet (the model-zoo fine-tuning configs
+come with their own files). `model` picks a preset of
 vfm_jax.models.PRESETS (`umt_b16` by default, `vit_tiny_video` for a quick run).
 """
 import ml_collections
@@ -35,6 +36,9 @@ def get_config(arg=None):
     config.report = ("val_top1",)
 
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # Fine-tune from pre-training: e.g. a UMT stage-1 student converted with
+    # `python -m vfm_jax.convert --model umt_pretrain` (its patch_embed and encoder).
+    config.init_from = ml_collections.ConfigDict(dict(checkpoint="", subtrees=("patch_embed", "encoder")))
 
     config.data = ml_collections.ConfigDict(dict(
         name="video_classification", train_list=arg.train_list, val_list=arg.val_list,

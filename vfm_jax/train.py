@@ -181,6 +181,29 @@ def flops_per_train_step(config, mesh, train_source) -> float:
     return float((cost or {}).get("flops", 0.0))
 
 
+def init_params_from(state: TrainState, cfg, abstract_state: TrainState) -> TrainState:
+    """Start from another checkpoint's weights: the top-level param subtrees named in `cfg.subtrees`.
+
+    How a classifier fine-tunes from pre-training (e.g. `patch_embed` and
+    `encoder` of a converted UMT stage-1 student; the head stays freshly
+    initialised). Shapes must match exactly.
+    """
+    loaded = checkpointing.load_variables(cfg.checkpoint)["params"]
+    params = dict(state.params)
+    for key in cfg.subtrees:
+        if key not in loaded:
+            raise ValueError(f"init_from: {cfg.checkpoint} has no params[{key!r}]; it has {sorted(loaded)}")
+        got = jax.tree.map(lambda x: x.shape, loaded[key])
+        want = jax.tree.map(lambda x: x.shape, abstract_state.params[key])
+        if got != want:
+            raise ValueError(f"init_from: params[{key!r}] of {cfg.checkpoint} has shapes {got}, the model {want}")
+        params[key] = jax.tree.map(
+            lambda x, t: jax.device_put(jnp.asarray(x, t.dtype), t.sharding), loaded[key], abstract_state.params[key]
+        )
+    logging.info("initialised params %s from %s", list(cfg.subtrees), cfg.checkpoint)
+    return state.replace(params=params)
+
+
 # --------------------------------------------------------------------------- loop
 
 def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
@@ -201,6 +224,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
             f"batch_size={config.batch_size} must split evenly over data*fsdp={batch_shards} "
             f"devices and {jax.process_count()} processes"
         )
+    if config.get("init_from") and config.init_from.checkpoint and not epath.Path(config.init_from.checkpoint).exists():
+        raise FileNotFoundError(f"init_from.checkpoint {config.init_from.checkpoint} does not exist")
     train_source = make_source(config.data, "train")
     program = build_program(config, task, mesh, train_source)
     state_shardings, abstract_state = program.state_shardings, program.abstract_state
@@ -230,6 +255,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
             state = jax.jit(program.create_state, out_shardings=state_shardings)(
                 jax.random.PRNGKey(config.seed)
             )
+            if config.get("init_from") and config.init_from.checkpoint:
+                state = init_params_from(state, config.init_from, abstract_state)
             for collection, path in getattr(task, "pretrained", {}).items():  # e.g. a frozen teacher
                 target = {"params": abstract_state.model_state[collection]}
                 loaded = checkpointing.load_variables(path, target)["params"]
