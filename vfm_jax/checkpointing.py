@@ -43,9 +43,6 @@ class Checkpointer:
             ),
         )
 
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
-
     def save(self, step: int, *, variables, train, data_iter, config: dict, metadata: dict):
         self.manager.save(
             step,
