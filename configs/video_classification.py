@@ -49,6 +49,7 @@ def get_config(arg=None):
 
     config.task = ml_collections.ConfigDict(dict(
         name="classification", label="label", label_smoothing=0.1, normalization="imagenet",
+        mixup=0.0, cutmix=0.0, mixup_switch_prob=0.5,  # UMT's recipe: mixup=0.8, cutmix=1.0
     ))
 
     config.model = ml_collections.ConfigDict(dict(

@@ -3,6 +3,9 @@
 Every label is a property of the whole clip (motion, temporal order, event count),
 so a model has to integrate several frames to solve it; one frame alone cannot.
 """
+import os
+from typing import Callable
+
 import numpy as np
 
 DIRECTIONS = ("right", "left", "down", "up")
@@ -30,6 +33,18 @@ WHITE = (255, 255, 255)
 _STEPS = np.array([(0, 1), (0, -1), (1, 0), (-1, 0)])
 _TIMES = ("once", "twice", "three times", "four times")
 _NOISE_MAX = 30
+# A BERT WordPiece vocabulary of every caption word (`caption_vocabulary`), so
+# video-text models train on this data with no download.
+VOCAB_FILE = os.path.join(os.path.dirname(__file__), "vocab", "moving_shapes_wordpiece.txt")
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+def caption_vocabulary() -> tuple[str, ...]:
+    """Special tokens, then every word and punctuation mark a caption can contain, sorted."""
+    words = {"a", "an", "moves", "the", "marker", "flashes", "before", "white", "dot", "blinks", ";", ".",
+             "red", "blue", *DIRECTIONS, *SHAPES, *(name for name, _ in PALETTE),
+             *(w for t in _TIMES for w in t.split())}
+    return SPECIAL_TOKENS + tuple(sorted(words))
 
 
 def num_classes(label: str) -> int:
@@ -66,7 +81,8 @@ class MovingShapes:
     """
 
     def __init__(self, split: str = "train", *, num_examples: int, frames: int = 8,
-                 size: int = 32, clip_frames: int = 8, seed: int = 0):
+                 size: int = 32, clip_frames: int = 8, seed: int = 0,
+                 encode_text: Callable[[str], dict] | None = None):
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
         if num_examples < 0:
@@ -85,6 +101,7 @@ class MovingShapes:
         self.size = size
         self.clip_frames = clip_frames
         self.seed = seed
+        self.encode_text = encode_text
         self._split_id = SPLITS.index(split)
         self._sampled = tsn_indices(frames, clip_frames)
         self._radius = max(1, round(size / 10))
@@ -116,6 +133,7 @@ class MovingShapes:
             "video": video[self._sampled],
             **{k: np.int32(v) for k, v in labels.items()},
             "caption": caption,
+            **(self.encode_text(caption) if self.encode_text else {}),
             "index": np.int32(index),
         }
 

@@ -126,12 +126,14 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(step_dir / "metadata")
 
 
-def load_variables(path: str | os.PathLike, abstract_variables=None):
+def load_variables(path: str | os.PathLike, abstract_variables=None, *, partial: bool = False):
     """Model variables ({'params': ...}) from the newest step under `path`.
 
     With `abstract_variables` (ShapeDtypeStructs with shardings) they are
     restored onto that layout; without, onto the first local device, whatever
-    mesh wrote them.
+    mesh wrote them. `partial=True` restores only the entries the target
+    names and ignores the rest (e.g. evaluating a stage-2 model without its
+    training-only alignment heads and teacher); every target entry must exist.
     """
     item = _step_dir(path) / "params"
     checkpointer = ocp.StandardCheckpointer()
@@ -141,4 +143,16 @@ def load_variables(path: str | os.PathLike, abstract_variables=None):
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
             checkpointer.metadata(item).item_metadata.tree,
         )
-    return checkpointer.restore(item, abstract_variables)
+    if not partial:
+        return checkpointer.restore(item, abstract_variables)
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_variables)
+    restored = ocp.PyTreeCheckpointer().restore(
+        item, args=ocp.args.PyTreeRestore(abstract_variables, restore_args=restore_args, partial_restore=True)
+    )
+    missing = [
+        jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(restored)
+        if isinstance(v, jax.ShapeDtypeStruct)
+    ]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {len(missing)} entries the model needs: {missing[:10]}")
+    return restored

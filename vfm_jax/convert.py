@@ -15,22 +15,35 @@ from typing import Callable
 from absl import app, flags
 
 from vfm_jax import checkpointing, cli
-from vfm_jax.converters import clip, umt
+from vfm_jax.converters import bert, clip, umt
 from vfm_jax.converters.torch_io import load_weights
 
-# name -> converter(torch state dict, num_heads, scan_layers) -> (model spec, variables)
+# name -> converter(torch state dict, num_heads, scan_layers, **options) -> (model spec, variables)
 CONVERTERS: dict[str, Callable] = {
     "umt_classifier": umt.convert_classifier,
     "umt_pretrain": umt.convert_pretrain,
+    "umt_video_text": umt.convert_video_text,
     "clip_visual": clip.convert_clip_visual,
+    "bert": bert.convert_bert_checkpoint,
+}
+# Options only some converters take.
+OPTIONS = {
+    "fusion_layer": ("bert",),
+    "text_num_heads": ("umt_video_text",),
+    "teacher_num_heads": ("umt_video_text",),
 }
 
 
-def convert(model: str, src: str, out: str, *, num_heads: int | None = None, scan_layers: bool = True) -> dict:
+def convert(model: str, src: str, out: str, *, num_heads: int | None = None, scan_layers: bool = True,
+            **options) -> dict:
     """Convert `src` with converter `model` into `out`; returns the model spec."""
     if model not in CONVERTERS:
         raise ValueError(f"unknown converter {model!r}; available: {sorted(CONVERTERS)}")
-    spec, variables = CONVERTERS[model](load_weights(src), num_heads=num_heads, scan_layers=scan_layers)
+    options = {k: v for k, v in options.items() if v is not None}
+    for key in options:
+        if model not in OPTIONS.get(key, ()):
+            raise ValueError(f"--{key} applies to converters {OPTIONS.get(key, ())}, not {model!r}")
+    spec, variables = CONVERTERS[model](load_weights(src), num_heads=num_heads, scan_layers=scan_layers, **options)
     metadata = {
         "converter": model,
         "source": str(src),
@@ -48,7 +61,9 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.setup_logging()
     f = flags.FLAGS
-    spec = convert(f.model, f.src, f.out, num_heads=f.num_heads, scan_layers=f.scan_layers)
+    spec = convert(f.model, f.src, f.out, num_heads=f.num_heads, scan_layers=f.scan_layers,
+                   fusion_layer=f.fusion_layer, text_num_heads=f.text_num_heads,
+                   teacher_num_heads=f.teacher_num_heads)
     print(f"converted {f.src} -> {f.out}: " + ", ".join(f"{k}={v}" for k, v in spec.items()), flush=True)
 
 
@@ -58,5 +73,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Output checkpoint folder.")
     flags.DEFINE_integer("num_heads", None, "Attention heads (default: width / 64).")
     flags.DEFINE_bool("scan_layers", True, "Stack layers for nn.scan (else one subtree per layer).")
+    flags.DEFINE_integer("fusion_layer", None, "bert: first layer to cross-attend (UMT: 9 base, 19 large).")
+    flags.DEFINE_integer("text_num_heads", None, "umt_video_text: BERT heads (default: width / 64).")
+    flags.DEFINE_integer("teacher_num_heads", None, "umt_video_text: CLIP teacher heads (default: width / 64).")
     flags.mark_flags_as_required(["model", "src", "out"])
     app.run(main)

@@ -18,14 +18,21 @@ from vfm_jax.tasks import build_task
 
 
 def restore_variables(config, path, mesh):
-    """The model variables of `config` from `path`, sharded over `mesh` by the logical rules."""
+    """The model variables of `config` from `path`, sharded over `mesh` by the logical rules.
+
+    Entries of the checkpoint the evaluated model does not have (training-only
+    heads, a frozen teacher) are ignored; every entry it needs must be there.
+    """
     task = build_task(config)
+    # An evaluation-only config (total_steps = 0, e.g. zero-shot retrieval) has no training
+    # split; its first evaluator's split gives the input shapes.
+    split = "train" if config.total_steps else next(iter(config.evals.values())).split
     example = sharding.zeros_like_batch(
-        sharding.example_batch(make_source(config.data, "train"), task.input_keys)
+        sharding.example_batch(make_source(config.data, split), task.input_keys)
     )
     abstract, shardings = sharding.variables_layout(task, example, mesh)
     target = checkpointing.abstract_with_shardings(abstract, shardings)
-    return task, checkpointing.load_variables(path, target)
+    return task, checkpointing.load_variables(path, target, partial=True)
 
 
 def evaluate(config, path, devices=None) -> dict[str, float]:

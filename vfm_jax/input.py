@@ -15,9 +15,13 @@ def make_source(cfg, split: str):
         key = f"{split}_examples"
         if key not in cfg:
             raise ValueError(f"config.data has no {key!r} for split {split!r}")
+        # With a tokenizer (e.g. data.synthetic.VOCAB_FILE) its captions become text_ids / text_mask.
+        encode_text = None
+        if cfg.get("tokenizer"):
+            encode_text = fixed_length(load_tokenizer(cfg.tokenizer, cfg.tokenizer_file), cfg.max_text_length)
         return MovingShapes(
             split, num_examples=cfg[key], frames=cfg.frames, size=cfg.size,
-            clip_frames=cfg.clip_frames, seed=cfg.seed,
+            clip_frames=cfg.clip_frames, seed=cfg.seed, encode_text=encode_text,
         )
     if cfg.name in ("video_classification", "video_text"):
         key = f"{split}_list"
@@ -39,7 +43,7 @@ def make_source(cfg, split: str):
             min_frames=cfg.min_frames,
             max_failure_rate=cfg.max_failure_rate,
         )
-        root = cfg.root or None
+        root = cfg.get(f"{split}_root") or cfg.root or None  # e.g. a stage-2 corpus vs its MSRVTT eval
         if cfg.name == "video_classification":
             return VideoClassification(read_classification_csv(cfg[key], root=root), **clips)
         if cfg.annotation_format not in VIDEO_TEXT_FORMATS:
@@ -47,6 +51,8 @@ def make_source(cfg, split: str):
                 f"config.data.annotation_format={cfg.annotation_format!r} is not one of {sorted(VIDEO_TEXT_FORMATS)}"
             )
         records = VIDEO_TEXT_FORMATS[cfg.annotation_format](cfg[key], root=root)
+        if cfg.get("paragraph"):  # DiDeMo / ActivityNet: a video's sentences are one query
+            records = [{**r, "captions": (" ".join(r["captions"]),)} for r in records]
         tokenizer = load_tokenizer(cfg.tokenizer, cfg.tokenizer_file)
         return VideoText(records, encode_text=fixed_length(tokenizer, cfg.max_text_length), **clips)
     raise ValueError(

@@ -13,7 +13,7 @@ import dataclasses
 import signal
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import flax
 import flax.linen as nn
@@ -182,26 +182,67 @@ def flops_per_train_step(config, mesh, train_source) -> float:
 
 
 def init_params_from(state: TrainState, cfg, abstract_state: TrainState) -> TrainState:
-    """Start from another checkpoint's weights: the top-level param subtrees named in `cfg.subtrees`.
+    """Start from another checkpoint's weights: the param subtrees named in `cfg.subtrees`.
 
-    How a classifier fine-tunes from pre-training (e.g. `patch_embed` and
-    `encoder` of a converted UMT stage-1 student; the head stays freshly
-    initialised). Shapes must match exactly.
+    How a model fine-tunes from pre-training (e.g. `patch_embed` and `encoder`
+    of a converted UMT stage-1 student; the head stays freshly initialised).
+    A subtree is a '/'-separated path (`vision_encoder/encoder`), the same in
+    both trees. Shapes must match exactly.
     """
     loaded = checkpointing.load_variables(cfg.checkpoint)["params"]
-    params = dict(state.params)
+    params = flax.traverse_util.flatten_dict(state.params, sep="/")
     for key in cfg.subtrees:
-        if key not in loaded:
-            raise ValueError(f"init_from: {cfg.checkpoint} has no params[{key!r}]; it has {sorted(loaded)}")
-        got = jax.tree.map(lambda x: x.shape, loaded[key])
-        want = jax.tree.map(lambda x: x.shape, abstract_state.params[key])
+        source, target = _subtree(loaded, key, cfg.checkpoint), _subtree(abstract_state.params, key, "the model")
+        got, want = jax.tree.map(lambda x: x.shape, source), jax.tree.map(lambda x: x.shape, target)
         if got != want:
             raise ValueError(f"init_from: params[{key!r}] of {cfg.checkpoint} has shapes {got}, the model {want}")
-        params[key] = jax.tree.map(
-            lambda x, t: jax.device_put(jnp.asarray(x, t.dtype), t.sharding), loaded[key], abstract_state.params[key]
-        )
+        values = jax.tree.map(lambda x, t: jax.device_put(jnp.asarray(x, t.dtype), t.sharding), source, target)
+        flat = flax.traverse_util.flatten_dict(values, sep="/") if isinstance(values, Mapping) else {"": values}
+        params.update({f"{key}/{k}".rstrip("/"): v for k, v in flat.items()})
     logging.info("initialised params %s from %s", list(cfg.subtrees), cfg.checkpoint)
-    return state.replace(params=params)
+    return state.replace(params=flax.traverse_util.unflatten_dict(params, sep="/"))
+
+
+def _subtree(tree, path: str, where: str):
+    node = tree
+    for part in path.split("/"):
+        if not isinstance(node, Mapping) or part not in node:
+            have = sorted(node) if isinstance(node, Mapping) else []
+            raise ValueError(f"init_from: {where} has no params[{path!r}] ({part!r} not among {have})")
+        node = node[part]
+    return node
+
+
+def load_pretrained_part(state: TrainState, abstract_state: TrainState, destination: str, path: str) -> TrainState:
+    """A task's converted weights: `destination` is a collection (a frozen `teacher`) or `params/<subtree>`.
+
+    `path` is a folder written by `python -m vfm_jax.convert`. Every weight it
+    holds must exist in the destination with the same shape; destination
+    weights it lacks keep their initialisation and are logged (e.g. the
+    cross-attention of BERT fusion layers started from HF `bert-base-uncased`).
+    """
+    collection, _, subtree = destination.partition("/")
+    in_params = collection == "params"
+    current = state.params[subtree] if in_params else state.model_state[collection]
+    target = flax.traverse_util.flatten_dict(
+        abstract_state.params[subtree] if in_params else abstract_state.model_state[collection], sep="/"
+    )
+    loaded = flax.traverse_util.flatten_dict(checkpointing.load_variables(path)["params"], sep="/")
+    unknown = sorted(k for k in loaded if k not in target or loaded[k].shape != target[k].shape)
+    if unknown:
+        shown = [f"{k} {loaded[k].shape} vs {target[k].shape if k in target else 'absent'}" for k in unknown[:10]]
+        raise ValueError(f"{path} does not fit {destination}: {shown}")
+    flat = flax.traverse_util.flatten_dict(current, sep="/")
+    flat.update({k: jax.device_put(jnp.asarray(v, target[k].dtype), target[k].sharding) for k, v in loaded.items()})
+    merged = flax.traverse_util.unflatten_dict(flat, sep="/")
+    if in_params:
+        state = state.replace(params={**state.params, subtree: merged})
+    else:
+        state = state.replace(model_state={**state.model_state, collection: merged})
+    kept = sorted(set(target) - set(loaded))
+    logging.info("initialised %s from %s%s", destination, path,
+                 f"; {len(kept)} weights keep their initialisation: {kept[:20]}" if kept else "")
+    return state
 
 
 # --------------------------------------------------------------------------- loop
@@ -257,11 +298,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
             )
             if config.get("init_from") and config.init_from.checkpoint:
                 state = init_params_from(state, config.init_from, abstract_state)
-            for collection, path in getattr(task, "pretrained", {}).items():  # e.g. a frozen teacher
-                target = {"params": abstract_state.model_state[collection]}
-                loaded = checkpointing.load_variables(path, target)["params"]
-                state = state.replace(model_state={**state.model_state, collection: loaded})
-                logging.info("initialised %s from %s", collection, path)
+            for destination, path in getattr(task, "pretrained", {}).items():
+                state = load_pretrained_part(state, abstract_state, destination, path)
         else:
             variables, train = restored
             variables = dict(variables)

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import numpy as np
+
+from vfm_jax.converters.bert import convert_bert
+from vfm_jax.converters.clip import convert_clip_visual
 from vfm_jax.converters.common import KeyTracker, layer_norm, linear, stack_layers
 
 
@@ -88,7 +92,8 @@ def convert_pretrain(
 ) -> tuple[dict, dict]:
     """A UMT stage-1 student -> (model spec for `build_model`, {'params': ...}).
 
-    The number of aligned layers is the number of `clip_decoder.{k}` heads;
+    The number of aligned layers is the number of `clip_decoder.{k}` heads
+    (none in the vision encoder of a retrieval fine-tuned stage-2 model);
     `clip_return_interval` (the spacing of those layers, the official
     `clip_student_return_interval`) and `num_heads` (default width / 64) are
     not visible in the shapes.
@@ -99,11 +104,8 @@ def convert_pretrain(
     num_heads = num_heads or width // 64
     depth = state.count("encoder.blocks.{}.attn.qkv.weight")
     num_decoders = state.count("clip_decoder.{}.head.weight")
-    if depth == 0 or num_decoders == 0:
-        raise ValueError(
-            "no `encoder.blocks.N.attn.qkv.weight` or `clip_decoder.N.head.weight` keys: "
-            "not a UMT stage-1 state dict"
-        )
+    if depth == 0:
+        raise ValueError("no `encoder.blocks.N.attn.qkv.weight` keys: not a UMT student state dict")
     blocks = [_block(state, i, num_heads, prefix="encoder.") for i in range(depth)]
     params: dict[str, Any] = {
         "patch_embed": {"proj": {
@@ -126,7 +128,59 @@ def convert_pretrain(
     spec = dict(
         arch="umt_student", width=int(width), depth=depth, num_heads=int(num_heads),
         mlp_ratio=blocks[0]["mlp"]["fc1"]["kernel"].shape[1] / width, patch_size=int(patch),
-        tubelet_size=int(tubelet), clip_output_dim=int(params["clip_decoder_0"]["head"]["kernel"].shape[1]),
-        clip_return_layers=num_decoders, clip_return_interval=clip_return_interval, scan_layers=scan_layers,
+        tubelet_size=int(tubelet), clip_return_layers=num_decoders, clip_return_interval=clip_return_interval,
+        scan_layers=scan_layers,
     )
+    if num_decoders:
+        spec["clip_output_dim"] = int(params["clip_decoder_0"]["head"]["kernel"].shape[1])
     return spec, {"params": params}
+
+
+def _strip(torch_state: Mapping[str, Any], prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in torch_state.items() if k.startswith(prefix)}
+
+
+def convert_video_text(
+    torch_state: Mapping[str, Any], *, num_heads: int | None = None, scan_layers: bool = True,
+    text_num_heads: int | None = None, teacher_num_heads: int | None = None,
+) -> tuple[dict, dict]:
+    """A UMT stage-2 (multi-modality) model -> (spec of `umt_video_text`, variables).
+
+    Keys: `vision_encoder.{encoder, clip_decoder}.*` (the stage-1 layout;
+    retrieval fine-tuned files have no `clip_decoder`), `vision_encoder.pool_norm`,
+    `text_encoder.{bert, cls.predictions}.*`, `vision_proj`, `text_proj`,
+    `itm_head`, `temp`, and, in pre-trained files, the CLIP teacher
+    `clip_teacher.*`, which becomes the `teacher` collection. Head counts
+    (student, text, teacher) default to width / 64, as in every release.
+    """
+    vision_state = _strip(torch_state, "vision_encoder.")
+    pool_norm = {k: vision_state.pop(f"pool_norm.{k}", None) for k in ("weight", "bias")}
+    if not vision_state or any(v is None for v in pool_norm.values()):
+        raise ValueError("no `vision_encoder.*` / `vision_encoder.pool_norm` keys: not a UMT stage-2 state dict")
+    vision_spec, vision = convert_pretrain(vision_state, num_heads=num_heads, scan_layers=scan_layers)
+    rest = KeyTracker({k: v for k, v in torch_state.items() if not k.startswith(("vision_encoder.", "clip_teacher."))})
+    text, text_spec = convert_bert(rest, prefix="text_encoder.", num_heads=text_num_heads, scan_layers=scan_layers)
+    proj = rest.take("vision_proj.weight")
+    params = {
+        "vision_encoder": vision["params"],
+        "pool_norm": {"scale": np.asarray(pool_norm["weight"], np.float32),
+                      "bias": np.asarray(pool_norm["bias"], np.float32)},
+        "text_encoder": text,
+        "vision_proj": {"kernel": linear(proj), "bias": rest.take("vision_proj.bias")},
+        "text_proj": {"kernel": linear(rest.take("text_proj.weight")), "bias": rest.take("text_proj.bias")},
+        "itm_head": {"kernel": linear(rest.take("itm_head.weight")), "bias": rest.take("itm_head.bias")},
+        "temp": rest.take("temp").reshape(()),
+    }
+    rest.finish()
+    variables = {"params": params}
+    teacher_state = _strip(torch_state, "clip_teacher.")
+    if teacher_state:
+        _, teacher = convert_clip_visual(teacher_state, num_heads=teacher_num_heads, scan_layers=scan_layers)
+        variables["teacher"] = teacher["params"]
+    vision_spec.pop("arch")
+    text_spec.pop("arch")
+    spec = dict(
+        arch="umt_video_text", vision=vision_spec, text={k: v for k, v in text_spec.items() if k != "vision_width"},
+        embed_dim=int(proj.shape[0]),
+    )
+    return spec, variables

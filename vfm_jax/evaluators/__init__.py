@@ -6,8 +6,9 @@ import jax
 
 from vfm_jax import sharding
 from vfm_jax.evaluators.classification import ClassificationEvaluator
+from vfm_jax.evaluators.retrieval import RetrievalEvaluator
 
-EVALUATORS = {"classification": ClassificationEvaluator}
+EVALUATORS = {"classification": ClassificationEvaluator, "retrieval": RetrievalEvaluator}
 
 
 def build_evaluators(config, task, mesh) -> dict:

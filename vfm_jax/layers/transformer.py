@@ -81,7 +81,7 @@ def last_layers(depth: int, count: int, interval: int = 1) -> tuple[int, ...]:
     stacked outputs are in block order, which is ascending.
     """
     layers = sorted(depth - i * interval - 1 for i in range(count))
-    if count < 1 or layers[0] < 0:
+    if count < 0 or (layers and layers[0] < 0):
         raise ValueError(f"cannot return {count} layers every {interval} from a depth-{depth} stack")
     return tuple(layers)
 

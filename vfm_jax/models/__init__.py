@@ -12,14 +12,17 @@ from typing import Any, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vfm_jax.models.bert import BertTextEncoder
 from vfm_jax.models.clip import CLIPVision
-from vfm_jax.models.umt import UMTStudent
+from vfm_jax.models.umt import UMTStudent, UMTVideoText
 from vfm_jax.models.vit import VideoViT
 
 ARCHS: dict[str, type[nn.Module]] = {
     "video_vit": VideoViT,
     "umt_student": UMTStudent,
+    "umt_video_text": UMTVideoText,
     "clip_vision": CLIPVision,
+    "bert_text": BertTextEncoder,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -32,6 +35,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "videomae_b16": dict(arch="video_vit", width=768, depth=12, num_heads=12, patch_size=16, tubelet_size=2),
     "videomae_l16": dict(arch="video_vit", width=1024, depth=24, num_heads=16, patch_size=16, tubelet_size=2),
     "videomae_h16": dict(arch="video_vit", width=1280, depth=32, num_heads=16, patch_size=16, tubelet_size=2),
+    # UMT stage-2 text encoders: layers from `fusion_layer` on cross-attend to the video tokens.
+    "bert_base_uncased": dict(
+        arch="bert_text", vocab_size=30522, width=768, depth=12, num_heads=12, mlp_dim=3072, fusion_layer=9
+    ),
+    "bert_large_uncased": dict(
+        arch="bert_text", vocab_size=30522, width=1024, depth=24, num_heads=16, mlp_dim=4096, fusion_layer=19
+    ),
 }
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -59,5 +69,9 @@ def get_model(name: str, **overrides) -> nn.Module:
     """A named model from PRESETS, e.g. `get_model('umt_b16', num_classes=400)`."""
     if name not in PRESETS:
         raise ValueError(f"unknown model {name!r}; known: {sorted(PRESETS)}")
-    spec = {"num_classes": 0, **PRESETS[name], **overrides}
+    spec = {**PRESETS[name], **overrides}
+    # Classifier archs default to no head; others (e.g. bert_text) have no num_classes.
+    cls = ARCHS.get(spec.get("arch"))
+    if cls is not None and "num_classes" in {f.name for f in dataclasses.fields(cls)}:
+        spec.setdefault("num_classes", 0)
     return build_model(spec)

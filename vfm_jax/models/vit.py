@@ -17,15 +17,38 @@ from vfm_jax.layers.embeddings import TubeletEmbed, sinusoid_table
 from vfm_jax.layers.transformer import Encoder
 
 
+def position_table(frames: int, grid: int, dim: int, table_frames: int = 0) -> np.ndarray:
+    """(frames * grid, dim) fixed positions for `frames` temporal by `grid` spatial tokens.
+
+    table_frames = 0: the sinusoid over the flattened index. Otherwise the
+    sinusoid of `table_frames * grid` positions, linearly interpolated along
+    time to `frames` (torch `interpolate(mode='linear', align_corners=False)`):
+    UMT fine-tuning (`modeling_finetune.get_sinusoid_encoding_table`) always
+    starts from the 8-frame table of pre-training, so a 16-frame run gets the
+    stretched table, not a longer sinusoid.
+    """
+    if not table_frames or table_frames == frames:
+        return sinusoid_table(frames * grid, dim)
+    table = sinusoid_table(table_frames * grid, dim).reshape(table_frames, grid, dim)
+    # Source coordinate of each output frame, as torch computes it for align_corners=False.
+    src = np.maximum((np.arange(frames) + 0.5) * (table_frames / frames) - 0.5, 0.0)
+    lo = np.floor(src).astype(np.int64)
+    hi = np.minimum(lo + 1, table_frames - 1)
+    w = (src - lo)[:, None, None]
+    return ((1 - w) * table[lo] + w * table[hi]).reshape(frames * grid, dim).astype(np.float32)
+
+
 class VideoViT(nn.Module):
     """(B, T, H, W, 3) float video -> (B, num_classes) logits, or pooled features if num_classes == 0.
 
     `pos_embedding`: 'sinusoid' regenerates the fixed table for the token
     count at hand; 'learned' is a `pos_embed` param (initialised to that
     table), which released fine-tuned checkpoints carry when their token count
-    differs from the pre-training one. Intermediates are sown for parity
-    checks: `embed_tokens` (blocks' input), `tokens` (last block's output),
-    `pooled_features` (after fc_norm).
+    differs from the pre-training one. `pos_table_frames` > 0 names the
+    temporal length (in tubelets) of the pre-training table, which is then
+    stretched along time to the run's length (`position_table`).
+    Intermediates are sown for parity checks: `embed_tokens` (blocks'
+    input), `tokens` (last block's output), `pooled_features` (after fc_norm).
     """
 
     num_classes: int
@@ -37,6 +60,7 @@ class VideoViT(nn.Module):
     tubelet_size: int = 1
     qkv_bias: str = "qv"
     pos_embedding: str = "sinusoid"
+    pos_table_frames: int = 0
     dropout: float = 0.0
     head_dropout: float = 0.0
     drop_path_rate: float = 0.0
@@ -53,16 +77,13 @@ class VideoViT(nn.Module):
         x = TubeletEmbed(
             self.width, self.patch_size, self.tubelet_size, self.dtype, name="patch_embed"
         )(video)
-        if self.pos_embedding == "learned":
-            pos = self.param(
-                "pos_embed",
-                with_axes(lambda _, shape: jnp.asarray(sinusoid_table(*shape)), ("length", "embed")),
-                (x.shape[1], self.width),
-            )
-        elif self.pos_embedding == "sinusoid":
-            pos = sinusoid_table(x.shape[1], self.width)
-        else:
+        if self.pos_embedding not in ("sinusoid", "learned"):
             raise ValueError(f"pos_embedding={self.pos_embedding!r} is not 'sinusoid' or 'learned'")
+        frames = video.shape[1] // self.tubelet_size
+        table = position_table(frames, x.shape[1] // frames, self.width, self.pos_table_frames)
+        pos = table
+        if self.pos_embedding == "learned":
+            pos = self.param("pos_embed", with_axes(lambda *_: jnp.asarray(table), ("length", "embed")), table.shape)
         x = x + jnp.asarray(pos, self.dtype)[None]
         self.sow("intermediates", "embed_tokens", x)
         x = nn.Dropout(self.dropout)(x, deterministic=not train)

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from vfm_jax.tasks.classification import ClassificationTask
-from vfm_jax.tasks.umt import UMTStage1Task
+from vfm_jax.tasks.umt import UMTStage1Task, UMTStage2Task
 
-TASKS = {"classification": ClassificationTask, "umt_stage1": UMTStage1Task}
+TASKS = {"classification": ClassificationTask, "umt_stage1": UMTStage1Task, "umt_stage2": UMTStage2Task}
 
 
 def build_task(config):

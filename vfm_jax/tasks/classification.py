@@ -1,4 +1,4 @@
-"""Video classification: softmax cross-entropy with optional label smoothing."""
+"""Video classification: softmax cross-entropy with optional label smoothing, mixup and cutmix."""
 from __future__ import annotations
 
 import jax
@@ -8,10 +8,18 @@ import optax
 from data.transforms import NORMALIZATION
 from vfm_jax.models import build_model
 from vfm_jax.tasks.common import normalize_video, topk_correct
+from vfm_jax.tasks.mixup import mix
 
 
 class ClassificationTask:
-    """Model `config.model` on `batch['video']`, predicting `batch[config.task.label]`."""
+    """Model `config.model` on `batch['video']`, predicting `batch[config.task.label]`.
+
+    `task.mixup` / `task.cutmix` (Beta alphas, 0 = off) mix each training batch
+    as timm's Mixup(mode='batch') does (`vfm_jax.tasks.mixup`), with CutMix
+    chosen with probability `task.mixup_switch_prob` when both are on. A mixed
+    batch has no single right answer, so the train `top1` metric is left out
+    then, as in the official fine-tuning loop.
+    """
 
     def __init__(self, config):
         cfg = config.task
@@ -21,10 +29,17 @@ class ClassificationTask:
             )
         if not 0.0 <= cfg.label_smoothing < 1.0:
             raise ValueError(f"task.label_smoothing={cfg.label_smoothing} must be in [0, 1)")
+        for key in ("mixup", "cutmix"):
+            if not cfg[key] >= 0.0:
+                raise ValueError(f"task.{key}={cfg[key]} must be >= 0 (a Beta alpha; 0 turns it off)")
+        if not 0.0 <= cfg.mixup_switch_prob <= 1.0:
+            raise ValueError(f"task.mixup_switch_prob={cfg.mixup_switch_prob} must be in [0, 1]")
         self.model = build_model(config.model)
         self.label = cfg.label
         self.label_smoothing = cfg.label_smoothing
         self.normalization = cfg.normalization
+        self.mix_args = dict(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, switch_prob=cfg.mixup_switch_prob)
+        self.mixing = cfg.mixup > 0 or cfg.cutmix > 0
         self.input_keys = ("video", self.label)
 
     def init(self, rng: jax.Array, batch: dict) -> dict:
@@ -34,20 +49,23 @@ class ClassificationTask:
         return normalize_video(batch["video"], self.normalization)
 
     def loss_fn(self, params, model_state, batch, rng):
-        dropout_rng, droppath_rng = jax.random.split(rng)
+        dropout_rng, droppath_rng, mix_rng = jax.random.split(rng, 3)
+        labels = batch[self.label]
+        video = self._video(batch)
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, self.model.num_classes), self.label_smoothing)
+        if self.mixing:
+            video, targets, _ = mix(mix_rng, video, targets, **self.mix_args)
         logits, new_state = self.model.apply(
             {"params": params, **model_state},
-            self._video(batch),
+            video,
             train=True,
             rngs={"dropout": dropout_rng, "droppath": droppath_rng},
             mutable=list(model_state),
         )
-        labels = batch[self.label]
-        targets = optax.smooth_labels(
-            jax.nn.one_hot(labels, logits.shape[-1]), self.label_smoothing
-        )
         loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
-        metrics = {"loss": loss, "top1": topk_correct(logits, labels, 1).mean()}
+        metrics = {"loss": loss}
+        if not self.mixing:
+            metrics["top1"] = topk_correct(logits, labels, 1).mean()
         return loss, (metrics, new_state)
 
     def predict(self, variables, batch) -> jax.Array:
