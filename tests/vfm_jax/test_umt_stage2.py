@@ -65,6 +65,15 @@ def test_tiny_stage2_from_converted_student_teacher_and_hf_bert(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # loaded, then never updated
     # The fusion layers' cross-attention exists (HF BERT has none: it started from init).
     assert "cross_attention" in saved["params"]["text_encoder"]["fusion_layers"]["layers"]
+    # The student and BERT started from their converted weights: 4 steps at lr <= 1e-4 move
+    # them by far less than the distance between two random initialisations.
+    for part, folder, path in (("vision_encoder", "student", ("patch_embed", "proj", "kernel")),
+                               ("text_encoder", "bert", ("embeddings", "word_embeddings", "embedding"))):
+        start = checkpointing.load_variables(tmp_path / folder)["params"]
+        trained = saved["params"][part]
+        for key in path:
+            start, trained = start[key], trained[key]
+        assert np.abs(np.asarray(trained) - np.asarray(start)).max() < 1e-2, part
 
 
 def _official_stage2_state(seed=0) -> dict:

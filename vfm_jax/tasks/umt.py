@@ -47,24 +47,21 @@ class ClipTeacher:
     its CLS->patch attention; `mask_and_targets` samples N - int(ratio * N)
     visible tokens per frame from that attention (Gumbel-top-k) and gathers
     the targets there. Its weights live in the `teacher` collection:
-    checkpointed with the model, never updated; a `checkpoint` (a folder
-    written by `python -m vfm_jax.convert --model clip_visual`) replaces its
-    random init.
+    checkpointed with the model, never updated; the task's
+    `task.teacher_checkpoint` (a folder written by `python -m vfm_jax.convert
+    --model clip_visual`) replaces its random init.
 
     Deviation, documented: jax.image.resize's bicubic kernel (a = -0.5)
     differs slightly from torch's (a = -0.75) used by the official engine.
     """
 
-    def __init__(self, spec, *, return_layers: int, return_interval: int, checkpoint: str):
+    def __init__(self, spec, *, return_layers: int, return_interval: int):
         if spec.arch != "clip_vision":
             raise ValueError(f"the UMT teacher must have arch='clip_vision', got {spec.arch!r}")
         spec = dict(spec)
         spec["return_layers"] = tuple(last_layers(spec["depth"], return_layers, return_interval))
         spec["return_attention"] = True
         self.model = build_model(spec)
-        if checkpoint and not epath.Path(checkpoint).exists():
-            raise FileNotFoundError(f"teacher checkpoint {checkpoint} does not exist")
-        self.checkpoint = checkpoint
 
     def _input(self, video):
         size = self.model.image_size
@@ -86,6 +83,21 @@ class ClipTeacher:
 def _check_normalization(name: str):
     if name not in NORMALIZATION:
         raise ValueError(f"task.normalization={name!r} is not one of {sorted(NORMALIZATION)}")
+
+
+def _pretrained(cfg, destinations: dict[str, str]) -> dict[str, str]:
+    """{destination: folder} of the `task.<key>` checkpoints that are set (loaded by the train loop).
+
+    A destination is a collection (`teacher`) or `params/<subtree>`; a folder
+    that does not exist fails here, before anything runs.
+    """
+    out = {}
+    for key, destination in destinations.items():
+        if cfg[key]:
+            if not epath.Path(cfg[key]).exists():
+                raise FileNotFoundError(f"task.{key} {cfg[key]} does not exist")
+            out[destination] = cfg[key]
+    return out
 
 
 def _check_ratio(key: str, ratio: float):
@@ -110,11 +122,11 @@ class UMTStage1Task:
         self.model = build_model(config.model)
         self.teacher = ClipTeacher(
             cfg.teacher, return_layers=config.model.clip_return_layers,
-            return_interval=config.model.clip_return_interval, checkpoint=cfg.teacher_checkpoint,
+            return_interval=config.model.clip_return_interval,
         )
         self.mask_ratio = cfg.mask_ratio
         self.normalization = cfg.normalization
-        self.pretrained = {"teacher": cfg.teacher_checkpoint} if cfg.teacher_checkpoint else {}
+        self.pretrained = _pretrained(cfg, {"teacher_checkpoint": "teacher"})
         self.input_keys = ("video",)
 
     def init(self, rng, batch) -> dict:
@@ -224,7 +236,9 @@ class UMTStage2Task:
     - MLM: `mlm_mask` of the caption, masked tokens predicted by the fusion
       layers over the visual tokens.
     The temperature is clamped to [temp_min, temp_max] where it is used (the
-    official clamps the parameter in place before each step).
+    official clamps the parameter in place before each step). Converted
+    weights start the run: `task.vision_checkpoint` (the stage-1 student),
+    `task.text_checkpoint` (BERT) and `task.teacher_checkpoint` (CLIP).
     """
 
     def __init__(self, config):
@@ -245,7 +259,7 @@ class UMTStage2Task:
                 raise ValueError("alignment (loss_weights.uta > 0) and masking need task.teacher")
             self.teacher = ClipTeacher(
                 cfg.teacher, return_layers=config.model.vision.clip_return_layers,
-                return_interval=config.model.vision.clip_return_interval, checkpoint=cfg.teacher_checkpoint,
+                return_interval=config.model.vision.clip_return_interval,
             )
         if self.weights["uta"] and not config.model.vision.clip_return_layers:
             raise ValueError("loss_weights.uta > 0 needs model.vision.clip_return_layers > 0")
@@ -253,11 +267,10 @@ class UMTStage2Task:
         self.normalization = cfg.normalization
         self.mlm_prob = cfg.mlm_prob
         self.data_config = config.data
-        self.pretrained = {"teacher": cfg.teacher_checkpoint} if self.teacher and cfg.teacher_checkpoint else {}
-        if cfg.text_checkpoint:
-            if not epath.Path(cfg.text_checkpoint).exists():
-                raise FileNotFoundError(f"task.text_checkpoint {cfg.text_checkpoint} does not exist")
-            self.pretrained["params/text_encoder"] = cfg.text_checkpoint
+        destinations = {"vision_checkpoint": "params/vision_encoder", "text_checkpoint": "params/text_encoder"}
+        if self.teacher:
+            destinations["teacher_checkpoint"] = "teacher"
+        self.pretrained = _pretrained(cfg, destinations)
         self.input_keys = ("video", "text_ids", "text_mask", "index")
 
     @functools.cached_property
