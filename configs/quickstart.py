@@ -36,7 +36,7 @@ def get_config(arg=None):
 
     config.task = ml_collections.ConfigDict(dict(
         name="classification", label="direction", label_smoothing=0.0, normalization="imagenet",
-        mixup=0.0, cutmix=0.0, mixup_switch_prob=0.5,
+        mixup=0.0, cutmix=0.0, mixup_switch_prob=0.5, random_erasing=0.0,
     ))
 
     config.model = ml_collections.ConfigDict(dict(

@@ -22,8 +22,9 @@ def get_config(arg=None):
         arg, train_list="", val_list="", root="", classes=400, model="umt_b16", frames=8,
         size=224, batch=64, steps=10_000,
     )
-    if arg.model not in PRESETS:
-        raise ValueError(f"model={arg.model!r} is not one of {sorted(PRESETS)}")
+    classifiers = sorted(name for name, spec in PRESETS.items() if spec["arch"] == "video_vit")
+    if arg.model not in classifiers:
+        raise ValueError(f"model={arg.model!r} is not one of the video classifiers {classifiers}")
     config = ml_collections.ConfigDict()
     config.name = "video_classification"
     config.seed = 0
@@ -38,7 +39,9 @@ def get_config(arg=None):
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     # Fine-tune from pre-training: e.g. a UMT stage-1 student converted with
     # `python -m vfm_jax.convert --model umt_pretrain` (its patch_embed and encoder).
-    config.init_from = ml_collections.ConfigDict(dict(checkpoint="", subtrees=("patch_embed", "encoder")))
+    config.init_from = ml_collections.ConfigDict(dict(
+        checkpoint="", subtrees=("patch_embed", "encoder"), class_rows="", class_subtree="head",
+    ))
 
     config.data = ml_collections.ConfigDict(dict(
         name="video_classification", train_list=arg.train_list, val_list=arg.val_list,
@@ -49,7 +52,7 @@ def get_config(arg=None):
 
     config.task = ml_collections.ConfigDict(dict(
         name="classification", label="label", label_smoothing=0.1, normalization="imagenet",
-        mixup=0.0, cutmix=0.0, mixup_switch_prob=0.5,  # UMT's recipe: mixup=0.8, cutmix=1.0
+        mixup=0.0, cutmix=0.0, mixup_switch_prob=0.5, random_erasing=0.0,  # UMT: 0.8, 1.0, 0.25
     ))
 
     config.model = ml_collections.ConfigDict(dict(

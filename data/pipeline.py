@@ -1,5 +1,6 @@
 """Grain input pipelines for the train and eval loops, sharded per JAX process."""
 import functools
+import json
 from typing import Iterator, Sequence
 
 import grain
@@ -69,6 +70,69 @@ def train_iter(source, *, global_batch_size: int, seed: int, keys: Sequence[str]
             flags.FLAGS.mark_as_parsed()
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     return iter(dataset)
+
+
+class SourceMix:
+    """Whole batches from several train iterators in a shuffled order: UMT/VINDLU's MetaLoader.
+
+    Each round (the official epoch of the MetaLoader) holds `batches[name]`
+    batches of each source in a permutation drawn from (seed, round), so every
+    process takes the same source at the same step and a restored position
+    replays the same order. `next()` returns (name, batch). Checkpointable by
+    grain's handler: `get_state()` is the position plus each iterator's state.
+    """
+
+    def __init__(self, iterators: dict[str, Iterator], batches: dict[str, int], seed: int):
+        if set(iterators) != set(batches) or not iterators:
+            raise ValueError(f"SourceMix needs one batch count per iterator, got {sorted(iterators)} and {sorted(batches)}")
+        if any(n < 1 for n in batches.values()):
+            raise ValueError(f"every source needs >= 1 batch per round, got {batches}")
+        self.iterators, self.names = iterators, sorted(iterators)
+        self.counts = np.asarray([batches[n] for n in self.names])
+        self.seed, self.position = seed, 0
+        self._round, self._order = -1, None
+
+    def order(self, round_index: int) -> np.ndarray:
+        """Source indices (into sorted names) of one round's batches."""
+        rng = np.random.default_rng([self.seed, round_index])
+        return rng.permutation(np.repeat(np.arange(len(self.names)), self.counts))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[str, dict]:
+        round_index, offset = divmod(self.position, int(self.counts.sum()))
+        if round_index != self._round:
+            self._round, self._order = round_index, self.order(round_index)
+        name = self.names[self._order[offset]]
+        self.position += 1
+        return name, next(self.iterators[name])
+
+    def get_state(self) -> bytes:
+        return json.dumps({
+            "position": self.position,
+            "iterators": {n: _state_json(it.get_state()) for n, it in self.iterators.items()},
+        }).encode()
+
+    def set_state(self, state: bytes):
+        state = json.loads(state)
+        self.position = state["position"]
+        for name, it in self.iterators.items():
+            it.set_state(_state_from_json(state["iterators"][name]))
+
+    def start_prefetch(self):
+        for it in self.iterators.values():
+            if hasattr(it, "start_prefetch"):
+                it.start_prefetch()
+
+
+def _state_json(state):
+    """A grain iterator's state as JSON: a dict (DatasetIterator) or bytes (older iterators)."""
+    return {"bytes": state.decode()} if isinstance(state, bytes) else {"dict": state}
+
+
+def _state_from_json(state):
+    return state["bytes"].encode() if "bytes" in state else state["dict"]
 
 
 def eval_batches(source, *, global_batch_size: int, keys: Sequence[str],

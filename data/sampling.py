@@ -3,7 +3,7 @@
 Pure functions of a frame count returning np.int64 indices into the video's frames
 (0-based, presentation order, as data.video.read_frames takes them). Random variants
 draw from the np.random.Generator they are given, so a seeded generator reproduces
-them. The TSN, VINDLU and MVBench formulas are transcribed from the official loaders,
+them. The TSN, SSv2 segment, VINDLU and MVBench formulas are transcribed from the official loaders,
 rounding included (np.round and round() round half to even), so evaluation reads the
 frames the papers read. The dense recipe is a plain strided clip in VideoMAE's spirit,
 not its loader (which stretches a clipped linspace over the clip).
@@ -48,6 +48,40 @@ def tsn_test(num_frames: int, num_segments: int, num_clips: int = 1) -> np.ndarr
     starts = np.round(seg * np.arange(num_segments)).astype(np.int64)
     shifts = (seg / (num_clips + 1) * np.arange(1, num_clips + 1)).astype(np.int64)
     return np.minimum(starts[None, :] + shifts[:, None], num_frames - 1)
+
+
+def segment_train(num_frames: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
+    """SSv2 sampling of UMT/VideoMAE (`ssv2.py`): a random offset within each of n equal integer segments.
+
+    d = num_frames // n; frame k = d * k + randint(d). A video with fewer than
+    n frames reads frame 0 n times, the official fallback (its other branch,
+    sorted random frames when num_frames > n, cannot be reached with d = 0).
+    """
+    _check(num_frames=num_frames, num_segments=num_segments)
+    duration = num_frames // num_segments
+    if duration == 0:
+        return np.zeros(num_segments, np.int64)
+    return np.arange(num_segments) * duration + rng.integers(duration, size=num_segments)
+
+
+def segment_test(num_frames: int, num_segments: int, num_clips: int = 1) -> np.ndarray:
+    """SSv2 test views (`ssv2.py`): (num_clips, n) indices; tick = num_frames / n.
+
+    One clip: frame int(tick / 2 + tick * k) of segment k (the official
+    validation read). Two clips (the official test): clip 0 starts each
+    segment, int(tick * k), clip 1 is the middle one above; the official code
+    sorts both lists together and takes every other frame, which yields
+    exactly these two clips.
+    """
+    _check(num_frames=num_frames, num_segments=num_segments, num_clips=num_clips)
+    if num_clips > 2:
+        raise ValueError(f"the SSv2 test sampler has 1 or 2 clips, got num_clips={num_clips}")
+    tick = num_frames / num_segments
+    k = np.arange(num_segments)
+    middle = (tick / 2.0 + tick * k).astype(np.int64)
+    if num_clips == 1:
+        return middle[None]
+    return np.stack([(tick * k).astype(np.int64), middle])
 
 
 def _vindlu_intervals(num_frames: int, n: int) -> np.ndarray:
@@ -148,7 +182,7 @@ def mvbench(num_frames: int, fps: float, n: int = 16, bound: tuple[float, float]
     return np.clip(indices, 0, num_frames - 1)
 
 
-SAMPLER_NAMES = ("dense", "tsn", "vindlu")
+SAMPLER_NAMES = ("dense", "segment", "tsn", "vindlu")
 
 
 def make_sampler(name: str, *, train: bool, num_frames_out: int, stride: int = 1, num_clips: int = 1,
@@ -171,12 +205,18 @@ def make_sampler(name: str, *, train: bool, num_frames_out: int, stride: int = 1
         raise ValueError("train samplers draw random indices: pass rng")
     if num_clips != 1 and (train or name == "vindlu"):
         raise ValueError(f"num_clips={num_clips} needs a multi-clip test sampler "
-                         f"('tsn' or 'dense', train=False)")
+                         f"('tsn', 'segment' or 'dense', train=False)")
+    if name == "segment" and num_clips > 2:
+        raise ValueError(f"the 'segment' (SSv2) test sampler has 1 or 2 clips, got num_clips={num_clips}")
     n = num_frames_out
     if name == "tsn":
         if train:
             return lambda info: tsn_train(info.num_frames, n, rng)
         return lambda info: tsn_test(info.num_frames, n, num_clips).reshape(-1)
+    if name == "segment":
+        if train:
+            return lambda info: segment_train(info.num_frames, n, rng)
+        return lambda info: segment_test(info.num_frames, n, num_clips).reshape(-1)
     if name == "vindlu":
         if train:
             return lambda info: vindlu_rand(info.num_frames, n, rng)

@@ -15,7 +15,7 @@ from typing import Callable
 from absl import app, flags
 
 from vfm_jax import checkpointing, cli
-from vfm_jax.converters import bert, clip, umt
+from vfm_jax.converters import bert, clip, umt, viclip, videomae
 from vfm_jax.converters.torch_io import load_weights
 
 # name -> converter(torch state dict, num_heads, scan_layers, **options) -> (model spec, variables)
@@ -24,13 +24,17 @@ CONVERTERS: dict[str, Callable] = {
     "umt_pretrain": umt.convert_pretrain,
     "umt_video_text": umt.convert_video_text,
     "clip_visual": clip.convert_clip_visual,
+    "clip_text": clip.convert_clip_text,
+    "viclip": viclip.convert_viclip,
     "bert": bert.convert_bert_checkpoint,
+    "videomae": videomae.convert_videomae,
 }
 # Options only some converters take.
 OPTIONS = {
     "fusion_layer": ("bert",),
-    "text_num_heads": ("umt_video_text",),
+    "text_num_heads": ("umt_video_text", "viclip"),
     "teacher_num_heads": ("umt_video_text",),
+    "decoder_num_heads": ("videomae",),
 }
 
 
@@ -63,7 +67,7 @@ def main(argv):
     f = flags.FLAGS
     spec = convert(f.model, f.src, f.out, num_heads=f.num_heads, scan_layers=f.scan_layers,
                    fusion_layer=f.fusion_layer, text_num_heads=f.text_num_heads,
-                   teacher_num_heads=f.teacher_num_heads)
+                   teacher_num_heads=f.teacher_num_heads, decoder_num_heads=f.decoder_num_heads)
     print(f"converted {f.src} -> {f.out}: " + ", ".join(f"{k}={v}" for k, v in spec.items()), flush=True)
 
 
@@ -74,7 +78,10 @@ if __name__ == "__main__":
     flags.DEFINE_integer("num_heads", None, "Attention heads (default: width / 64).")
     flags.DEFINE_bool("scan_layers", True, "Stack layers for nn.scan (else one subtree per layer).")
     flags.DEFINE_integer("fusion_layer", None, "bert: first layer to cross-attend (UMT: 9 base, 19 large).")
-    flags.DEFINE_integer("text_num_heads", None, "umt_video_text: BERT heads (default: width / 64).")
+    flags.DEFINE_integer(
+        "text_num_heads", None, "umt_video_text: BERT heads; viclip: text tower heads (default: width / 64)."
+    )
     flags.DEFINE_integer("teacher_num_heads", None, "umt_video_text: CLIP teacher heads (default: width / 64).")
+    flags.DEFINE_integer("decoder_num_heads", None, "videomae: pixel decoder heads (default: width / 64).")
     flags.mark_flags_as_required(["model", "src", "out"])
     app.run(main)

@@ -10,6 +10,7 @@ has been built from shapes, so a bad config fails first.
 from __future__ import annotations
 
 import dataclasses
+import json
 import signal
 import threading
 import time
@@ -27,7 +28,7 @@ from etils import epath
 import ml_collections
 from ml_collections import config_flags
 
-from data.pipeline import train_iter
+from data.pipeline import SourceMix, train_iter
 from vfm_jax import checkpointing, cli, optim, sharding
 from vfm_jax.evaluators import build_evaluators, run_evaluators
 from vfm_jax.input import make_source
@@ -101,11 +102,8 @@ class Program:
 
 def build_program(config, task, mesh, train_source) -> Program:
     """Optimizer, sharded state layout (from the params' logical axes) and the train step."""
-    batch_sharding, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    abstract_batch = checkpointing.abstract_with_shardings(
-        sharding.example_batch(train_source, task.input_keys, config.batch_size),
-        {k: batch_sharding for k in task.input_keys},
-    )
+    repl = sharding.replicated(mesh)
+    abstract_batch = abstract_train_batch(train_source, task, config.batch_size, mesh)
     example = sharding.zeros_like_batch(sharding.example_batch(train_source, task.input_keys))
     abstract_vars, var_shardings = sharding.variables_layout(task, example, mesh)
     tx, lr_schedule = optim.make_optimizer(
@@ -143,6 +141,8 @@ def build_program(config, task, mesh, train_source) -> Program:
         (_, (metrics, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if hasattr(task, "constrain_params"):  # projected step, e.g. ViCLIP's temperature clamp
+            params = task.constrain_params(params)
         metrics = {**metrics, "grad_norm": optax.global_norm(grads), "lr": lr_schedule(state.step)}
         new_state = state.replace(
             step=state.step + 1, params=params, model_state=model_state, opt_state=opt_state
@@ -156,8 +156,17 @@ def build_program(config, task, mesh, train_source) -> Program:
     return Program(create_state, train_step, state_shardings, abstract_state, abstract_batch)
 
 
-def flops_per_train_step(config, mesh, train_source) -> float:
-    """XLA's FLOP count of one global train step.
+def abstract_train_batch(source, task, batch_size: int, mesh) -> dict:
+    """ShapeDtypeStructs (with the batch sharding) of one global batch of `source`."""
+    batch_sharding = sharding.batch_sharding(mesh)
+    return checkpointing.abstract_with_shardings(
+        sharding.example_batch(source, task.input_keys, batch_size),
+        {k: batch_sharding for k in task.input_keys},
+    )
+
+
+def flops_per_train_step(config, mesh, train_source, abstract_batches: dict[str, dict]) -> dict[str, float]:
+    """XLA's FLOP count of one global train step on each of `abstract_batches`.
 
     Taken from the unrolled program (every `scan_layers` set False) before
     compilation: XLA's cost analysis counts a scanned loop's body once, which
@@ -175,10 +184,35 @@ def flops_per_train_step(config, mesh, train_source) -> float:
     with unrolled.unlocked():
         unroll(unrolled)
     program = build_program(unrolled, build_task(unrolled), mesh, train_source)
+    flops = {}
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
-        cost = jax.jit(program.train_step).lower(program.abstract_state, program.abstract_batch).cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get("flops", 0.0))
+        for name, batch in abstract_batches.items():
+            cost = jax.jit(program.train_step).lower(program.abstract_state, batch).cost_analysis()
+            cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+            flops[name] = float((cost or {}).get("flops", 0.0))
+    return flops
+
+
+MAIN_SOURCE = "data"  # config.data's name among the train sources
+
+
+def extra_train_sources(config) -> dict[str, tuple[Any, int]]:
+    """`config.extra_train_data` -> {name: (train source, global batch size)}.
+
+    Further training corpora whose whole batches alternate with
+    `config.data`'s, as UMT's MetaLoader alternates image and video batches
+    (`data.pipeline.SourceMix`); each entry is a data config plus its
+    `batch_size`. Evaluation uses `config.data` only.
+    """
+    sources = {}
+    for name, cfg in (config.get("extra_train_data") or {}).items():
+        if name == MAIN_SOURCE:
+            raise ValueError(f"extra_train_data cannot be named {MAIN_SOURCE!r}")
+        if "batch_size" not in cfg:
+            raise ValueError(f"extra_train_data.{name} needs a batch_size")
+        data = ml_collections.ConfigDict({k: v for k, v in cfg.items() if k != "batch_size"})
+        sources[name] = (make_source(data, "train"), cfg.batch_size)
+    return sources
 
 
 def init_params_from(state: TrainState, cfg, abstract_state: TrainState) -> TrainState:
@@ -187,12 +221,22 @@ def init_params_from(state: TrainState, cfg, abstract_state: TrainState) -> Trai
     How a model fine-tunes from pre-training (e.g. `patch_embed` and `encoder`
     of a converted UMT stage-1 student; the head stays freshly initialised).
     A subtree is a '/'-separated path (`vision_encoder/encoder`), the same in
-    both trees. Shapes must match exactly.
+    both trees. Shapes must match exactly, except that `cfg.class_rows` (if set)
+    first selects output classes of the `cfg.class_subtree` (default 'head')
+    along its leaves' last axis: 'first:N' (UMT's K710 head cut to K400, whose
+    classes come first in the K710 list) or a JSON file of source class
+    indices, one per target class (UniFormerV2's `label_mixto{N}.json`).
     """
     loaded = checkpointing.load_variables(cfg.checkpoint)["params"]
     params = flax.traverse_util.flatten_dict(state.params, sep="/")
+    rows = class_rows(cfg.get("class_rows", ""))
+    class_subtree = cfg.get("class_subtree") or "head"
+    if rows is not None and class_subtree not in cfg.subtrees:
+        raise ValueError(f"init_from.class_rows is set but class_subtree {class_subtree!r} is not among {list(cfg.subtrees)}")
     for key in cfg.subtrees:
         source, target = _subtree(loaded, key, cfg.checkpoint), _subtree(abstract_state.params, key, "the model")
+        if key == class_subtree and rows is not None:
+            source = jax.tree.map(lambda x: _take_classes(x, rows, cfg.checkpoint), source)
         got, want = jax.tree.map(lambda x: x.shape, source), jax.tree.map(lambda x: x.shape, target)
         if got != want:
             raise ValueError(f"init_from: params[{key!r}] of {cfg.checkpoint} has shapes {got}, the model {want}")
@@ -201,6 +245,33 @@ def init_params_from(state: TrainState, cfg, abstract_state: TrainState) -> Trai
         params.update({f"{key}/{k}".rstrip("/"): v for k, v in flat.items()})
     logging.info("initialised params %s from %s", list(cfg.subtrees), cfg.checkpoint)
     return state.replace(params=flax.traverse_util.unflatten_dict(params, sep="/"))
+
+
+def class_rows(spec: str) -> np.ndarray | None:
+    """`init_from.class_rows` -> source class indices: '' (none), 'first:N', or a JSON list file."""
+    if not spec:
+        return None
+    if spec.startswith("first:"):
+        count = int(spec.removeprefix("first:"))
+        if count < 1:
+            raise ValueError(f"init_from.class_rows={spec!r}: N must be >= 1")
+        return np.arange(count)
+    path = epath.Path(spec)
+    if not path.exists():
+        raise ValueError(f"init_from.class_rows={spec!r} is neither 'first:N' nor an existing JSON file")
+    rows = json.loads(path.read_text())
+    if isinstance(rows, dict):  # {"target index": source index}
+        rows = [rows[k] for k in sorted(rows, key=int)]
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or rows.dtype.kind not in "iu" or (rows < 0).any():
+        raise ValueError(f"init_from.class_rows file {spec} must hold a list of non-negative class indices")
+    return rows
+
+
+def _take_classes(x, rows: np.ndarray, where: str):
+    if rows.max() >= x.shape[-1]:
+        raise ValueError(f"init_from.class_rows index {rows.max()} is out of range for {where}'s {x.shape[-1]} classes")
+    return np.take(np.asarray(x), rows, axis=-1)
 
 
 def _subtree(tree, path: str, where: str):
@@ -259,32 +330,45 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
     missing = [r for r in config.report if not any(r.startswith(f"{n}_") for n in evaluators)]
     if missing:
         raise ValueError(f"config.report names {missing}, which no evaluator in config.evals produces")
-    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if config.batch_size % batch_shards or config.batch_size % jax.process_count():
-        raise ValueError(
-            f"batch_size={config.batch_size} must split evenly over data*fsdp={batch_shards} "
-            f"devices and {jax.process_count()} processes"
-        )
     if config.get("init_from") and config.init_from.checkpoint and not epath.Path(config.init_from.checkpoint).exists():
         raise FileNotFoundError(f"init_from.checkpoint {config.init_from.checkpoint} does not exist")
     train_source = make_source(config.data, "train")
+    sources = {MAIN_SOURCE: (train_source, config.batch_size), **extra_train_sources(config)}
+    batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    for name, (_, batch_size) in sources.items():
+        if batch_size % batch_shards or batch_size % jax.process_count():
+            raise ValueError(
+                f"{'batch_size' if name == MAIN_SOURCE else f'extra_train_data.{name}.batch_size'}={batch_size} "
+                f"must split evenly over data*fsdp={batch_shards} devices and {jax.process_count()} processes"
+            )
     program = build_program(config, task, mesh, train_source)
     state_shardings, abstract_state = program.state_shardings, program.abstract_state
     batch_sharding, repl = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    flops_per_step = flops_per_train_step(config, mesh, train_source)
+    abstract_batches = {MAIN_SOURCE: program.abstract_batch}
+    abstract_batches.update({
+        name: abstract_train_batch(source, task, batch_size, mesh)
+        for name, (source, batch_size) in sources.items() if name != MAIN_SOURCE
+    })
+    flops_per_step = flops_per_train_step(config, mesh, train_source, abstract_batches)
 
     # ---- Workdir, writers, data, and the state: restored, or created sharded.
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
-    data_iter = train_iter(
-        train_source,
-        global_batch_size=config.batch_size,
-        seed=config.seed,
-        keys=task.input_keys,
-        num_workers=config.data.num_workers,
-    )
+    iterators = {
+        name: train_iter(
+            source, global_batch_size=batch_size, seed=config.seed + i, keys=task.input_keys,
+            num_workers=config.data.num_workers,
+        )
+        for i, (name, (source, batch_size)) in enumerate(sources.items())
+    }
+    if len(sources) == 1:
+        data_iter = iterators[MAIN_SOURCE]
+    else:
+        data_iter = SourceMix(
+            iterators, {name: max(len(source) // size, 1) for name, (source, size) in sources.items()}, config.seed,
+        )
     ckpt = checkpointing.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         restored = ckpt.restore_latest(
@@ -307,11 +391,8 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
                 step=train["step"], params=variables.pop("params"), model_state=variables,
                 opt_state=train["opt_state"], rng=train["rng"],
             )
-        compiled_step = (
-            jax.jit(program.train_step, out_shardings=(state_shardings, repl), donate_argnums=0)
-            .lower(abstract_state, program.abstract_batch)
-            .compile()
-        )
+        step_fn = jax.jit(program.train_step, out_shardings=(state_shardings, repl), donate_argnums=0)
+        compiled_steps = {name: step_fn.lower(abstract_state, batch).compile() for name, batch in abstract_batches.items()}
 
     def save(step):
         ckpt.save(
@@ -332,37 +413,43 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
     # ---- The loop.
     step = int(jax.device_get(state.step))
     logging.info(
-        "training %s from step %d to %d on mesh %s; %.3g FLOPs/step",
-        config.name, step, config.total_steps, dict(mesh.shape), flops_per_step,
+        "training %s from step %d to %d on mesh %s; FLOPs/step %s",
+        config.name, step, config.total_steps, dict(mesh.shape),
+        {name: f"{flops:.3g}" for name, flops in flops_per_step.items()},
     )
     results: dict[str, float] = {}
     logged: dict[str, float] = {}
     last_step, last_time, pause = step, time.perf_counter(), 0.0
+    window_examples, window_flops = 0, 0.0  # since the last log, over whichever sources ran
     failed_reads = 0  # unreadable media replaced by the loader since this process started
     with _StopRequest() as stop:
         while step < config.total_steps:
-            local = next(data_iter)
+            name, local = next(data_iter) if len(sources) > 1 else (MAIN_SOURCE, next(data_iter))
             batch = {
                 k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(local[k]))
                 for k in task.input_keys
             }
-            state, metrics = compiled_step(state, batch)
+            state, metrics = compiled_steps[name](state, batch)
             failed_reads += int(np.sum(local.get("failed_reads", 0)))
+            window_examples += sources[name][1]
+            window_flops += flops_per_step[name]
             step += 1
             final = step == config.total_steps
             if step % config.log_every == 0 or final:
                 train_metrics = jax.device_get(metrics)  # waits for this step: dispatch is asynchronous
-                steps_per_sec = (step - last_step) / max(time.perf_counter() - last_time - pause, 1e-9)
+                seconds = max(time.perf_counter() - last_time - pause, 1e-9)
+                steps_per_sec = (step - last_step) / seconds
                 logged = {
                     **{f"train_{k}": float(v) for k, v in train_metrics.items()},
                     "steps_per_sec": steps_per_sec,
-                    "examples_per_sec": steps_per_sec * config.batch_size,
+                    "examples_per_sec": window_examples / seconds,
                     "eta_sec": (config.total_steps - step) / max(steps_per_sec, 1e-9),
-                    "flops_per_sec": flops_per_step * steps_per_sec,
+                    "flops_per_sec": window_flops / seconds,
                     "data_failed_reads": failed_reads,
                 }
                 writer.write_scalars(step, logged)
                 last_step, last_time, pause = step, time.perf_counter(), 0.0
+                window_examples, window_flops = 0, 0.0
             # Evals and checkpoints are timed apart so that throughput counts training only.
             io_start = time.perf_counter()
             if step % config.eval_every == 0 or final:

@@ -22,8 +22,9 @@ warm-up, layer decay 0.75 unless the script says (0.85 for L), drop path 0.1
 unless the script says (0.2 for L), label smoothing 0.1, mixup 0.8 / cutmix
 1.0 with switch prob 0.5 (one lambda per batch), RandAugment
 rand-m7-n4-mstd0.5-inc1, RandomResizedCrop (0.08, 1) to 224, flip (not for
-SSv2), ImageNet mean/std. Test: resize the short side to 224, `test_clips`
-clips x `test_crops` crops, softmax averaged over views.
+SSv2), ImageNet mean/std, random erasing p 0.25 (one box per clip, pixel
+noise, `task.random_erasing`). Test: resize the short side to 224,
+`test_clips` clips x `test_crops` crops, softmax averaged over views.
 
 Batch and lr: the scripts run 16 GPUs x `--batch_size` videos, each video read
 twice with its own augmentation (`--num_sample 2`, repeated augmentation), and
@@ -32,17 +33,16 @@ number of clips, 16 * batch_size * 2 (512, or 256 for 16 frames) independent
 draws, with the same lr (lr_script * batch / 256) and the same step count
 (epochs * lines * 2 / batch).
 
-Not reproduced: random erasing (p 0.25); the head's init scale 0.001; the
+Not reproduced: the head's init scale 0.001; the
 warm-up starting at 1e-6 * batch / 256 (here 0); mixing within each GPU's
 batch (here the global batch is reversed); `--test_best` (the official test
 uses the epoch with the best single-view val top-1, here the last).
 
 Frames: Kinetics uses the TSN-style sparse sampler of `kinetics_sparse.py`
-(`sampler='tsn'`, whose formulas are the official ones). SSv2 (`ssv2.py`)
-takes one frame at a random offset of each of 8 equal segments
-(len // 8 * k + randint(len // 8)) and tests clips at offsets 0 and
-len / 16 of each segment; the nearest sampler here is 'tsn' (TSN segments of
-(len - 1) / 8 with rounded bounds): the same recipe family, not the same indices.
+(`sampler='tsn'`). SSv2 uses `ssv2.py`'s (`sampler='segment'`): one frame
+at a random offset of each of 8 equal segments (len // 8 * k +
+randint(len // 8)); test clips at offsets 0 and len / 16 of each segment.
+Both samplers' formulas are the official ones.
 
 Position table: the official model always starts from the 8 x 14 x 14 sinusoid
 of pre-training and stretches it linearly along time for another frame count
@@ -52,17 +52,10 @@ Weights (`init=DIR`, `init_from` copies the named param subtrees):
 - K710 and SSv2 start from the stage-1 student (`b16_ptk710_f8_res224.pth`,
   `l16_ptk710_f8_res224.pth`): `python -m vfm_jax.convert --model umt_pretrain
   --src <pth> --out DIR`; subtrees patch_embed + encoder, fresh fc_norm and head.
-- K400 starts from the K710 fine-tuned classifier with its head cut to the
-  first 400 rows (the K710 label list puts the K400 classes first). `init_from`
-  copies whole subtrees, so cut the head before converting:
-
-      python -c "import numpy as np; from vfm_jax.converters.torch_io import load_weights; \\
-        w = load_weights('b16_ptk710_ftk710_f8_res224.pth'); \\
-        w['head.weight'], w['head.bias'] = w['head.weight'][:400], w['head.bias'][:400]; \\
-        np.savez('k710_head400.npz', **w)"
-      python -m vfm_jax.convert --model umt_classifier --src k710_head400.npz --out DIR
-
-  then subtrees patch_embed + encoder + fc_norm + head.
+- K400 starts from the K710 fine-tuned classifier (`--model umt_classifier`)
+  with its head cut to the first 400 classes (the K710 label list puts the
+  K400 classes first): subtrees patch_embed + encoder + fc_norm + head, and
+  `init_from.class_rows='first:400'` selects the head's rows.
 
 `model=tiny` is a CPU-sized variant of the same recipe on the synthetic moving
 shapes (direction label), sized like the tests' converted stage-1 fixture
@@ -119,10 +112,12 @@ def get_config(arg=None):
     config.init_from = ml_collections.ConfigDict(dict(
         checkpoint=arg.init,
         subtrees=("patch_embed", "encoder", "fc_norm", "head") if from_classifier else ("patch_embed", "encoder"),
+        class_rows=f"first:{CLASSES[arg.dataset]}" if from_classifier else "", class_subtree="head",
     ))
     config.data = ml_collections.ConfigDict(dict(
         name="video_classification", train_list=arg.train_list, val_list=arg.val_list, root=arg.root,
-        frames=arg.frames, size=224, sampler="tsn", stride=1, crop="rrc", rrc_scale=(0.08, 1.0),
+        frames=arg.frames, size=224, sampler="segment" if arg.dataset == "ssv2" else "tsn", stride=1,
+        crop="rrc", rrc_scale=(0.08, 1.0),
         flip=arg.dataset != "ssv2", rand_augment=True, short_side=224, test_clips=recipe["clips"],
         test_crops=recipe["crops"], min_frames=1, max_failure_rate=0.05, num_workers=8,
     ))
@@ -148,7 +143,7 @@ def _common(batch: int, total_steps: int) -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.task = ml_collections.ConfigDict(dict(
         name="classification", label="label", label_smoothing=0.1, normalization="imagenet",
-        mixup=0.8, cutmix=1.0, mixup_switch_prob=0.5,
+        mixup=0.8, cutmix=1.0, mixup_switch_prob=0.5, random_erasing=0.25,
     ))
     config.evals = ml_collections.ConfigDict({
         "val": ml_collections.ConfigDict(dict(type="classification", split="val", batch_size=32)),
@@ -169,7 +164,9 @@ def _tiny_config() -> ml_collections.ConfigDict:
     config.log_every = 1
     config.eval_every = 4
     config.checkpoint_every = 4
-    config.init_from = ml_collections.ConfigDict(dict(checkpoint="", subtrees=("patch_embed", "encoder")))
+    config.init_from = ml_collections.ConfigDict(dict(
+        checkpoint="", subtrees=("patch_embed", "encoder"), class_rows="", class_subtree="head",
+    ))
     config.data = ml_collections.ConfigDict(dict(
         name="moving_shapes", frames=4, clip_frames=8, size=32, train_examples=256, val_examples=32,
         seed=0, num_workers=0,

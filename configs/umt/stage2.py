@@ -1,7 +1,7 @@
 """UMT stage 2: video-text pre-training (UTA + VTC + VTM + MLM) from the stage-1 student.
 
     python -m vfm_jax.train --workdir=DIR \
-      --config=configs/umt/stage2.py:model=B16,corpus=25m,train_list=/data/webvid10m.json,root=/data/webvid,val_list=/data/msrvtt_ret_test1k.json,val_root=/data/msrvtt \
+      --config=configs/umt/stage2.py:model=B16,corpus=25m,train_list=/data/webvid10m.json,root=/data/webvid,image_list=/data/images_25m.json,image_root=/data/images,val_list=/data/msrvtt_ret_test1k.json,val_root=/data/msrvtt \
       --config.task.teacher_checkpoint=/ckpt/clip_b16_visual \
       --config.task.vision_checkpoint=/ckpt/umt_b16_ptk710 --config.task.text_checkpoint=/ckpt/bert_base_uncased
 
@@ -20,11 +20,14 @@ umt_pretrain`, into `task.vision_checkpoint`) and BERT (`--model bert`, into
 Targets (zero-shot MSRVTT T2V R@1, MODEL_ZOO): B/16 29.6 / 35.5 / 35.2 and
 L/16 33.3 / 42.6 / 40.7 on 5M / 17M / 25M. The corpora: 5M = CC3M +
 WebVid-2M, 17M = 5M + CC12M + COCO + VG + SBU, 25M = WebVid-10M instead of
-WebVid-2M. The loop trains on one source per run: point `train_list` at a
-VINDLU JSON of the corpus' videos (the official MetaLoader also alternates
-whole image batches, 1-frame clips masked at 0.5, which this loop cannot
-mix in one run yet). `model=tiny` is a CPU-sized variant on the synthetic
-data for tests.
+WebVid-2M. Point `train_list` at a VINDLU JSON of the corpus' videos and
+`image_list` at one of its images (the official loader concatenates the
+image corpora into one image loader: concatenate their JSONs, with absolute
+paths or a common `image_root`). Whole image batches (1-frame clips, masked
+at 0.5) then alternate with video batches in a shuffled order, each corpus
+contributing its number of batches per epoch (`extra_train_data`, the
+official MetaLoader). `model=tiny` is a CPU-sized variant on the synthetic
+data for tests, mixing 1-frame and 4-frame batches the same way.
 """
 import ml_collections
 
@@ -38,7 +41,7 @@ CORPUS_SIZE = {"5m": 5_000_000, "17m": 17_000_000, "25m": 25_000_000}
 def get_config(arg=None):
     arg = parse_arg(
         arg, model="B16", corpus="25m", train_list="", root="", val_list="", val_root="",
-        vocab_file="", epochs=10,
+        image_list="", image_root="", vocab_file="", epochs=10,
     )
     if arg.model not in GPUS:
         raise ValueError(f"model={arg.model!r} is not one of {sorted(GPUS)}")
@@ -59,14 +62,23 @@ def get_config(arg=None):
     config.report = ("val_t2v_r1",)
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
+    config.extra_train_data = ml_collections.ConfigDict()
     if tiny:
         config.data = synthetic_data(frames=4)
+        config.extra_train_data.image = synthetic_data(frames=1)
+        config.extra_train_data.image.batch_size = config.batch_size
     else:
         config.data = video_text_data(
             train_list=arg.train_list, val_list=arg.val_list, root=arg.root, frames=4, max_text_length=32,
             tokenizer_file=arg.vocab_file,
         )
         config.data.val_root = arg.val_root
+        if arg.image_list:
+            config.extra_train_data.image = video_text_data(
+                train_list=arg.image_list, val_list="", root=arg.image_root, frames=1, max_text_length=32,
+                tokenizer_file=arg.vocab_file,
+            )
+            config.extra_train_data.image.batch_size = config.batch_size
     config.model = model_config(arg.model, clip_return_layers=2 if tiny else 6,
                                 drop_path_rate={"B16": 0.1, "L16": 0.2, "tiny": 0.1}[arg.model])
     config.task = ml_collections.ConfigDict(dict(

@@ -9,7 +9,12 @@ Implementations:
 - ``xla``: the reference in `kernels.attention.reference`, runs everywhere.
 - ``cudnn``: `jax.nn.dot_product_attention(implementation='cudnn')`, GPU only,
   bf16/fp16, key lengths and causal (no segment ids).
-- ``auto``: cuDNN on GPU when the call is one it supports, XLA otherwise.
+- ``pallas``: the flash-attention kernels of this package, Triton-style on
+  GPU (`pallas_gpu`), Mosaic on TPU (`pallas_tpu`); on CPU the GPU kernel runs
+  in Pallas interpret mode (slow; for tests and the benchmark smoke run).
+- ``auto``: on GPU cuDNN for calls it supports with both lengths even (cuDNN
+  refuses odd lengths such as ViT's 197 tokens in training, seen with
+  jax 0.11 on an H100), else Pallas; Pallas on TPU; XLA on CPU.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ import jax.numpy as jnp
 
 from kernels.attention.reference import attention_reference
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn")
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "pallas")
 
 
 def _cudnn_supports(q, segment_ids) -> bool:
@@ -29,6 +34,14 @@ def _cudnn_supports(q, segment_ids) -> bool:
         and q.shape[-1] % 8 == 0
         and segment_ids is None
     )
+
+
+def _auto_impl(q, k, segment_ids) -> str:
+    backend = jax.default_backend()
+    if backend == "gpu":
+        even = q.shape[1] % 2 == 0 and k.shape[1] % 2 == 0
+        return "cudnn" if even and _cudnn_supports(q, segment_ids) else "pallas"
+    return "pallas" if backend == "tpu" else "xla"
 
 
 def dot_product_attention(
@@ -65,7 +78,7 @@ def dot_product_attention(
     if segment_ids is not None and q.shape[1] != k.shape[1]:
         raise ValueError("segment_ids need self-attention (Lq == Lk)")
     if impl == "auto":
-        impl = "cudnn" if _cudnn_supports(q, segment_ids) else "xla"
+        impl = _auto_impl(q, k, segment_ids)
     if impl == "cudnn":
         if not _cudnn_supports(q, segment_ids):
             raise ValueError(
@@ -77,6 +90,16 @@ def dot_product_attention(
         return jax.nn.dot_product_attention(
             q, k, v, scale=scale, is_causal=causal, key_value_seq_lengths=lengths,
             implementation="cudnn",
+        )
+    if impl == "pallas":
+        backend = jax.default_backend()
+        if backend == "tpu":
+            from kernels.attention import pallas_tpu as kernel
+        else:
+            from kernels.attention import pallas_gpu as kernel
+        return kernel.flash_attention(
+            q, k, v, key_lengths=key_lengths, segment_ids=segment_ids, causal=causal,
+            scale=scale, interpret=backend == "cpu",
         )
     return attention_reference(
         q, k, v, key_lengths=key_lengths, segment_ids=segment_ids, causal=causal, scale=scale

@@ -28,3 +28,10 @@ def test_config_builds(name):
     variables = jax.eval_shape(lambda b: task.init(jax.random.PRNGKey(0), b), batch)
     assert "params" in variables
     assert config.name == name.replace(".", "_")
+
+
+def test_video_classification_refuses_a_non_classifier_preset():
+    from configs import video_classification
+
+    with pytest.raises(ValueError, match="video classifiers"):
+        video_classification.get_config("model=bert_base_uncased")

@@ -48,7 +48,7 @@ def test_model_zoo_variants_carry_the_scripts_values(tmp_path):
     c = get_config("model=L16,dataset=k400")
     assert c.optim.lr == pytest.approx(2e-5) and c.model.width == 1024 and c.model.depth == 24
     assert (c.optim.layer_decay, c.model.drop_path_rate, c.model.num_classes) == (0.85, 0.2, 400)
-    assert "head" in c.init_from.subtrees
+    assert "head" in c.init_from.subtrees and c.init_from.class_rows == "first:400"
 
     # k400/l16_ptk710_ftk710_ftk400_f16_res224.sh: 16 frames, batch 8 per GPU, 4 clips x 1 crop.
     c = get_config("model=L16,dataset=k400,frames=16")
@@ -57,6 +57,7 @@ def test_model_zoo_variants_carry_the_scripts_values(tmp_path):
 
     # ssv2/b16_ptk710_ftssv2_f8_res224.sh and ssv2/l16_...: 174 classes, no flip, 2 clips x 3 crops.
     c = get_config("model=B16,dataset=ssv2")
+    assert (c.data.sampler, c.task.random_erasing) == ("segment", 0.25)
     assert c.optim.lr == pytest.approx(4e-4) and c.total_steps == 30 and c.model.num_classes == 174
     assert (c.data.flip, c.data.test_clips, c.data.test_crops) == (False, 2, 3)
     c = get_config("model=L16,dataset=ssv2")

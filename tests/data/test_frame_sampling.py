@@ -269,3 +269,50 @@ def test_make_sampler_rejects_bad_arguments():
 def test_invalid_counts_raise_value_error(call):
     with pytest.raises(ValueError):
         call(np.random.default_rng(0))
+
+
+# SSv2 segments (UMT/VideoMAE `ssv2.py`).
+
+def _ssv2_test_views(vlen, n, test_num_segment=2):
+    """The official test read, then `buffer[chunk::2]` per temporal view chunk."""
+    tick = vlen / float(n)
+    all_index = [int(tick / 2.0 + tick * x) for x in range(n)] + [int(tick * x) for x in range(n)]
+    while len(all_index) < n * test_num_segment:
+        all_index.append(all_index[-1])
+    all_index = sorted(all_index)
+    return [all_index[chunk::2] for chunk in range(test_num_segment)]
+
+
+@pytest.mark.parametrize("num_frames", FRAME_COUNTS)
+def test_segment_train_matches_official_ranges(num_frames):
+    rng = np.random.default_rng(0)
+    for n in (1, 4, 8, 16):
+        duration = num_frames // n
+        draws = np.stack([sampling.segment_train(num_frames, n, rng) for _ in range(DRAWS)])
+        _int64(draws[0])
+        if duration == 0:  # the official fallback: frame 0 n times
+            assert (draws == 0).all()
+            continue
+        low = np.arange(n) * duration
+        assert ((draws >= low) & (draws < low + duration)).all()
+        if duration > 1:  # each segment's offsets vary
+            assert all(len(set(draws[:, k])) > 1 for k in range(n))
+
+
+@pytest.mark.parametrize("num_frames", FRAME_COUNTS)
+def test_segment_test_matches_official(num_frames):
+    for n in (1, 4, 8, 16):
+        views = sampling.segment_test(num_frames, n, 2)
+        _int64(views)
+        assert views.tolist() == _ssv2_test_views(num_frames, n)
+        tick = num_frames / n
+        assert sampling.segment_test(num_frames, n).tolist() == [[int(tick / 2.0 + tick * x) for x in range(n)]]
+
+
+def test_segment_sampler_through_make_sampler():
+    views = sampling.make_sampler("segment", train=False, num_frames_out=8, num_clips=2)(_info(100))
+    assert views.tolist() == sum(_ssv2_test_views(100, 8), [])
+    with pytest.raises(ValueError, match="1 or 2 clips"):
+        sampling.make_sampler("segment", train=False, num_frames_out=8, num_clips=4)
+    train = sampling.make_sampler("segment", train=True, num_frames_out=8, rng=np.random.default_rng(1))
+    assert len(train(_info(100))) == 8

@@ -168,3 +168,17 @@ def test_index_out_of_range():
     ds = MovingShapes(num_examples=3)
     with pytest.raises(IndexError):
         ds[3]
+
+
+def test_shipped_vocab_file_is_the_caption_vocabulary():
+    """data/vocab/moving_shapes_wordpiece.txt is caption_vocabulary(), one token per line, and covers every caption."""
+    from data.synthetic import VOCAB_FILE, caption_vocabulary
+    from data.tokenizers import WordPieceTokenizer
+
+    with open(VOCAB_FILE) as f:
+        assert tuple(line.rstrip("\n") for line in f) == caption_vocabulary()
+    tokenizer = WordPieceTokenizer(VOCAB_FILE)
+    source = MovingShapes("train", num_examples=200, frames=4, size=32, clip_frames=8, seed=0)
+    for i in range(len(source)):
+        ids = tokenizer.encode(source[i]["caption"])["input_ids"]
+        assert tokenizer.unk_id not in ids

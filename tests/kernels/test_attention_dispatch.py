@@ -156,7 +156,7 @@ def test_cudnn_on_cpu_raises(dtype):
 
 def test_unknown_impl_raises():
     """An implementation name outside IMPLEMENTATIONS is rejected and named."""
-    assert IMPLEMENTATIONS == ("auto", "xla", "cudnn")
+    assert IMPLEMENTATIONS == ("auto", "xla", "cudnn", "pallas")
     q, k, v = _qkv(1, 4, 4)
     with pytest.raises(ValueError, match="flash"):
         dot_product_attention(q, k, v, impl="flash")

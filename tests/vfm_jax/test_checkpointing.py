@@ -51,3 +51,27 @@ def test_metadata_records_layout(tiny_config, tmp_path):
     assert meta["scan_layers"] is True and meta["model"]["arch"] == "video_vit"
     assert meta["step"] == 1 and meta["mesh"] == {"data": 8, "fsdp": 1, "tensor": 1}
     assert meta["param_dtype"] == "float32" and meta["compute_dtype"] == "float32"
+
+
+def test_two_source_run_resumes_identically(tiny_config, tmp_path):
+    """Batches of a second corpus (another batch size) alternate with config.data's; a resume replays both."""
+    import ml_collections
+
+    from data.pipeline import SourceMix
+
+    config = tiny_config(total_steps=6, checkpoint_every=2, keep_checkpoints=3, **{"data.train_examples": 64})
+    config.extra_train_data = ml_collections.ConfigDict(dict(other=dict(config.data.to_dict(), batch_size=8, seed=7)))
+    # 64 / 16 = 4 main batches and 64 / 8 = 8 others per round: the first 6 steps use both.
+    order = SourceMix({"data": None, "other": None}, {"data": 4, "other": 8}, config.seed).order(0)
+    assert set(order[:6].tolist()) == {0, 1}
+    train_and_evaluate(config, tmp_path)
+    uninterrupted = checkpointing.load_variables(tmp_path)
+    for step in ("4", "6"):
+        shutil.rmtree(tmp_path / "checkpoints" / step)
+    train_and_evaluate(config, tmp_path)  # resumes at step 2, mid-round
+    resumed = checkpointing.load_variables(tmp_path)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ValueError, match="extra_train_data.other.batch_size=6"):
+        config.extra_train_data.other.batch_size = 6
+        train_and_evaluate(config, tmp_path / "bad")

@@ -1,4 +1,4 @@
-"""Mixup / CutMix with timm's 'batch' semantics, and the classification task training with them."""
+"""Mixup / CutMix with timm's 'batch' semantics, and the classification task training with them (and random erasing)."""
 import math
 
 import jax
@@ -110,14 +110,15 @@ def test_both_alphas_zero_is_the_identity():
     assert float(lam) == 1.0
 
 
-@pytest.mark.parametrize("key, value", [("mixup", -0.1), ("cutmix", float("nan")), ("mixup_switch_prob", 1.5)])
+@pytest.mark.parametrize("key, value", [("mixup", -0.1), ("cutmix", float("nan")), ("mixup_switch_prob", 1.5), ("random_erasing", 1.5)])
 def test_bad_mixing_settings_fail_naming_the_key(tiny_config, key, value):
     with pytest.raises(ValueError, match=f"task.{key}="):
         build_task(tiny_config(**{f"task.{key}": value}))
 
 
 def test_tiny_classification_trains_with_mixup_and_cutmix(tiny_config, tmp_path):
-    config = tiny_config(total_steps=3, **{"task.mixup": 0.8, "task.cutmix": 1.0, "task.label_smoothing": 0.1})
+    config = tiny_config(total_steps=3, **{"task.mixup": 0.8, "task.cutmix": 1.0, "task.label_smoothing": 0.1,
+                                           "task.random_erasing": 0.25})
     results = train_and_evaluate(config, tmp_path)
     assert math.isfinite(results["train_loss"]) and results["train_loss"] > 0
     assert "train_top1" not in results  # a mixed batch has no single right answer

@@ -20,6 +20,14 @@ from vfm_jax.converters.bert import convert_bert
 from vfm_jax.converters.clip import convert_clip_visual
 from vfm_jax.converters.common import KeyTracker, layer_norm, linear, stack_layers
 
+# Heads of the released widths whose head size is not 64 (ViT-H / g: 16 heads of 80 / 88 / 104).
+HEADS_BY_WIDTH = {1280: 16, 1408: 16, 1664: 16}
+
+
+def default_num_heads(width: int) -> int:
+    """Head count of a released video ViT of this width (not visible in the weight shapes)."""
+    return HEADS_BY_WIDTH.get(width, width // 64)
+
 
 def _block(state: KeyTracker, i: int, num_heads: int, prefix: str = "") -> dict:
     p = f"{prefix}blocks.{i}."
@@ -50,12 +58,12 @@ def convert_classifier(
     """A fine-tuned UMT/VideoMAE classifier -> (model spec for `build_model`, {'params': ...}).
 
     Sizes come from the tensor shapes; `num_heads` (not visible in shapes)
-    defaults to width / 64, the head size of every released ViT.
+    defaults to `default_num_heads(width)` (64-wide heads; 16 for ViT-H and wider).
     """
     state = KeyTracker(torch_state)
     conv = state.take("patch_embed.proj.weight")  # (D, C, t, p, p)
     width, _, tubelet, patch, _ = conv.shape
-    num_heads = num_heads or width // 64
+    num_heads = num_heads or default_num_heads(width)
     depth = state.count("blocks.{}.attn.qkv.weight")
     if depth == 0:
         raise ValueError("no `blocks.N.attn.qkv.weight` keys: not a UMT/VideoMAE ViT state dict")
@@ -95,13 +103,13 @@ def convert_pretrain(
     The number of aligned layers is the number of `clip_decoder.{k}` heads
     (none in the vision encoder of a retrieval fine-tuned stage-2 model);
     `clip_return_interval` (the spacing of those layers, the official
-    `clip_student_return_interval`) and `num_heads` (default width / 64) are
+    `clip_student_return_interval`) and `num_heads` (default_num_heads) are
     not visible in the shapes.
     """
     state = KeyTracker(torch_state)
     conv = state.take("encoder.patch_embed.proj.weight")  # (D, C, t, p, p)
     width, _, tubelet, patch, _ = conv.shape
-    num_heads = num_heads or width // 64
+    num_heads = num_heads or default_num_heads(width)
     depth = state.count("encoder.blocks.{}.attn.qkv.weight")
     num_decoders = state.count("clip_decoder.{}.head.weight")
     if depth == 0:

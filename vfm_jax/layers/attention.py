@@ -14,6 +14,7 @@ class SelfAttention(nn.Module):
 
     This is the BEiT/VideoMAE/UMT parameterisation (`qkv.weight` without bias,
     `q_bias`, `v_bias`); with `qkv_bias='qkv'` all three get a bias (CLIP style).
+    `causal` lets query i see keys j <= i only (CLIP's text tower).
 
     With `return_cls_attention` it also returns the head-averaged attention
     probabilities of query 0 over all keys, (B, Lk) in fp32 (UMT's teacher
@@ -27,6 +28,7 @@ class SelfAttention(nn.Module):
     attention_impl: str = "auto"
     dtype: Dtype = jnp.float32
     return_cls_attention: bool = False
+    causal: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, key_lengths: jax.Array | None = None):
@@ -49,7 +51,9 @@ class SelfAttention(nn.Module):
                 k = k + self.param("k_bias", bias_init, (self.num_heads, head_dim)).astype(self.dtype)
         elif self.qkv_bias != "none":
             raise ValueError(f"qkv_bias must be 'qv', 'qkv' or 'none', got {self.qkv_bias!r}")
-        out = dot_product_attention(q, k, v, key_lengths=key_lengths, impl=self.attention_impl)
+        out = dot_product_attention(
+            q, k, v, key_lengths=key_lengths, causal=self.causal, impl=self.attention_impl
+        )
         out_kernel = self.param(
             "out_kernel", with_axes(trunc_normal, ("heads", "head_dim", "embed")),
             (self.num_heads, head_dim, width),

@@ -33,6 +33,7 @@ class Block(nn.Module):
     activation: str = "gelu"
     attention_impl: str = "auto"
     return_cls_attention: bool = False
+    causal: bool = False
     deterministic: bool = True
     dtype: Dtype = jnp.float32
 
@@ -41,7 +42,7 @@ class Block(nn.Module):
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         h = SelfAttention(
             self.num_heads, self.qkv_bias, self.attention_impl, self.dtype,
-            return_cls_attention=self.return_cls_attention, name="attn",
+            return_cls_attention=self.return_cls_attention, causal=self.causal, name="attn",
         )(layer_norm(self.ln_eps, name="norm1")(x).astype(self.dtype), key_lengths=key_lengths)
         if self.return_cls_attention:
             h, cls_attention = h
@@ -114,6 +115,7 @@ class Encoder(nn.Module):
     remat_policy: str = "none"
     return_layers: tuple[int, ...] = ()
     return_cls_attention: bool = False
+    causal: bool = False
     deterministic: bool = True
     dtype: Dtype = jnp.float32
 
@@ -127,7 +129,8 @@ class Encoder(nn.Module):
         kwargs = dict(
             num_heads=self.num_heads, mlp_dim=self.mlp_dim, qkv_bias=self.qkv_bias,
             dropout=self.dropout, ln_eps=self.ln_eps, activation=self.activation,
-            attention_impl=self.attention_impl, deterministic=self.deterministic, dtype=self.dtype,
+            attention_impl=self.attention_impl, causal=self.causal, deterministic=self.deterministic,
+            dtype=self.dtype,
         )
         block_cls = _ScanBlock if self.scan else Block
         if self.remat_policy != "none":

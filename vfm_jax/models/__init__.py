@@ -13,8 +13,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vfm_jax.models.bert import BertTextEncoder
-from vfm_jax.models.clip import CLIPVision
+from vfm_jax.models.clip import CLIPText, CLIPVision
 from vfm_jax.models.umt import UMTStudent, UMTVideoText
+from vfm_jax.models.viclip import ViCLIP
+from vfm_jax.models.videomae import VideoMAEPretrain
 from vfm_jax.models.vit import VideoViT
 
 ARCHS: dict[str, type[nn.Module]] = {
@@ -22,7 +24,10 @@ ARCHS: dict[str, type[nn.Module]] = {
     "umt_student": UMTStudent,
     "umt_video_text": UMTVideoText,
     "clip_vision": CLIPVision,
+    "clip_text": CLIPText,
+    "viclip": ViCLIP,
     "bert_text": BertTextEncoder,
+    "videomae_pretrain": VideoMAEPretrain,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -35,12 +40,32 @@ PRESETS: dict[str, dict[str, Any]] = {
     "videomae_b16": dict(arch="video_vit", width=768, depth=12, num_heads=12, patch_size=16, tubelet_size=2),
     "videomae_l16": dict(arch="video_vit", width=1024, depth=24, num_heads=16, patch_size=16, tubelet_size=2),
     "videomae_h16": dict(arch="video_vit", width=1280, depth=32, num_heads=16, patch_size=16, tubelet_size=2),
+    # VideoMAE pre-training (encoder + pixel decoder), decoders of InternVideo's `scripts/pretrain`.
+    "videomae_pretrain_b16": dict(arch="videomae_pretrain", width=768, depth=12, num_heads=12, patch_size=16,
+                                  tubelet_size=2, decoder_width=384, decoder_depth=4, decoder_num_heads=6),
+    "videomae_pretrain_l16": dict(arch="videomae_pretrain", width=1024, depth=24, num_heads=16, patch_size=16,
+                                  tubelet_size=2, decoder_width=512, decoder_depth=12, decoder_num_heads=8),
+    "videomae_pretrain_h16": dict(arch="videomae_pretrain", width=1280, depth=32, num_heads=16, patch_size=16,
+                                  tubelet_size=2, decoder_width=512, decoder_depth=8, decoder_num_heads=8),
     # UMT stage-2 text encoders: layers from `fusion_layer` on cross-attend to the video tokens.
     "bert_base_uncased": dict(
         arch="bert_text", vocab_size=30522, width=768, depth=12, num_heads=12, mlp_dim=3072, fusion_layer=9
     ),
     "bert_large_uncased": dict(
         arch="bert_text", vocab_size=30522, width=1024, depth=24, num_heads=16, mlp_dim=4096, fusion_layer=19
+    ),
+    # ViCLIP (InternVid): 8 frames at 224, 90% of the patch tokens dropped in training, text context 32.
+    "viclip_b16": dict(
+        arch="viclip", embed_dim=512,
+        vision=dict(width=768, depth=12, num_heads=12, patch_size=16, image_size=224, num_frames=8,
+                    drop_ratio=0.9, drop_path_rate=0.1),
+        text=dict(vocab_size=49408, width=512, depth=12, num_heads=8, context_length=32),
+    ),
+    "viclip_l14": dict(
+        arch="viclip", embed_dim=768,
+        vision=dict(width=1024, depth=24, num_heads=16, patch_size=14, image_size=224, num_frames=8,
+                    drop_ratio=0.9, drop_path_rate=0.1),
+        text=dict(vocab_size=49408, width=768, depth=12, num_heads=12, context_length=32),
     ),
 }
 

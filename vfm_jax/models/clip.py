@@ -1,4 +1,4 @@
-"""The OpenAI CLIP image tower, for images and, frame by frame, for videos.
+"""The OpenAI CLIP towers: images (and, frame by frame, videos) and text.
 
 Layout of OpenAI's `VisionTransformer`: a bias-free patch conv (`conv1`), a
 learned class token, a learned ((res/p)^2 + 1, D) position table, `ln_pre`,
@@ -6,6 +6,10 @@ pre-LN blocks with QuickGELU MLPs and q/k/v biases (LayerNorm eps 1e-5),
 `ln_post`, then a bias-free projection `proj` (D, out). UMT uses it as its
 teacher (`return_layers`, `return_attention`); ViCLIP, UniFormerV2 and
 Tip-Adapter start from the same weights.
+
+The text tower (OpenAI `CLIP.encode_text`) has the same blocks behind a
+causal mask, a token table and a learned (context, D) position table, then
+`ln_final` and a bias-free `text_projection` (D, out) of the EOT token.
 """
 from __future__ import annotations
 
@@ -112,4 +116,72 @@ class CLIPVision(nn.Module):
             out["layer_features"] = feats.reshape(feats.shape[0], lead[0], -1, feats.shape[-1])
         if "cls_attention" in aux:
             out["cls_attention"] = aux["cls_attention"][:, 1:].reshape(*lead, -1)
+        return out
+
+
+class CLIPText(nn.Module):
+    """(B, L) token ids, L <= `context_length` -> dict of outputs.
+
+    - `tokens` (B, L, D): `ln_final` of the last block's output (HF `last_hidden_state`);
+    - `pooled` (B, D): `tokens` at the EOT position;
+    - `embedding` (B, out): `pooled @ text_projection` (CLIP's text feature), if `output_dim`.
+
+    The EOT position is `argmax(ids)`, as OpenAI pools: its tokenizer gives
+    EOT the largest id (49407). Pass `eot_positions` (B,) for vocabularies
+    where that does not hold. Padding after EOT needs no mask: the causal mask
+    already hides it from every position up to EOT.
+    """
+
+    vocab_size: int = 49408
+    width: int = 512
+    depth: int = 12
+    num_heads: int = 8
+    context_length: int = 77
+    output_dim: int | None = 512
+    mlp_ratio: float = 4.0
+    ln_eps: float = 1e-5
+    attention_impl: str = "auto"
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, ids: jax.Array, *, eot_positions: jax.Array | None = None) -> dict[str, jax.Array]:
+        if ids.ndim != 2 or ids.shape[1] > self.context_length:
+            raise ValueError(f"expected ids (B, L) with L <= {self.context_length}, got shape {ids.shape}")
+        tokens = nn.Embed(
+            self.vocab_size, self.width, dtype=self.dtype,
+            embedding_init=with_axes(nn.initializers.normal(0.02), ("vocab", "embed")),
+            name="token_embedding",
+        )(ids)
+        pos = self.param(
+            "positional_embedding", with_axes(nn.initializers.normal(0.01), ("length", "embed")),
+            (self.context_length, self.width),
+        )
+        x = tokens + pos[: ids.shape[1]].astype(self.dtype)
+        x = Encoder(
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=int(self.width * self.mlp_ratio),
+            qkv_bias="qkv",
+            ln_eps=self.ln_eps,
+            activation="quick_gelu",
+            attention_impl=self.attention_impl,
+            scan=self.scan_layers,
+            remat_policy=self.remat_policy,
+            causal=True,
+            dtype=self.dtype,
+            name="encoder",
+        )(x)
+        x = layer_norm(self.ln_eps, name="ln_final")(x)
+        if eot_positions is None:
+            eot_positions = jnp.argmax(ids, axis=-1)
+        pooled = jnp.take_along_axis(x, eot_positions[:, None, None], axis=1)[:, 0]
+        out = {"tokens": x, "pooled": pooled}
+        if self.output_dim:
+            proj = self.param(
+                "text_projection", with_axes(nn.initializers.normal(self.width ** -0.5), ("embed", "vocab")),
+                (self.width, self.output_dim),
+            )
+            out["embedding"] = pooled @ proj.astype(jnp.float32)
         return out

@@ -1,4 +1,4 @@
-"""Video classification: softmax cross-entropy with optional label smoothing, mixup and cutmix."""
+"""Video classification: softmax cross-entropy with optional label smoothing, random erasing, mixup and cutmix."""
 from __future__ import annotations
 
 import jax
@@ -8,6 +8,7 @@ import optax
 from data.transforms import NORMALIZATION
 from vfm_jax.models import build_model
 from vfm_jax.tasks.common import normalize_video, topk_correct
+from vfm_jax.tasks.erasing import random_erasing
 from vfm_jax.tasks.mixup import mix
 
 
@@ -18,7 +19,9 @@ class ClassificationTask:
     as timm's Mixup(mode='batch') does (`vfm_jax.tasks.mixup`), with CutMix
     chosen with probability `task.mixup_switch_prob` when both are on. A mixed
     batch has no single right answer, so the train `top1` metric is left out
-    then, as in the official fine-tuning loop.
+    then, as in the official fine-tuning loop. `task.random_erasing` (a
+    probability, 0 = off) erases a box of each normalised training clip
+    before mixing, as the official loaders do (`vfm_jax.tasks.erasing`).
     """
 
     def __init__(self, config):
@@ -32,6 +35,8 @@ class ClassificationTask:
         for key in ("mixup", "cutmix"):
             if not cfg[key] >= 0.0:
                 raise ValueError(f"task.{key}={cfg[key]} must be >= 0 (a Beta alpha; 0 turns it off)")
+        if not 0.0 <= cfg.random_erasing <= 1.0:
+            raise ValueError(f"task.random_erasing={cfg.random_erasing} must be a probability in [0, 1]")
         if not 0.0 <= cfg.mixup_switch_prob <= 1.0:
             raise ValueError(f"task.mixup_switch_prob={cfg.mixup_switch_prob} must be in [0, 1]")
         self.model = build_model(config.model)
@@ -40,6 +45,7 @@ class ClassificationTask:
         self.normalization = cfg.normalization
         self.mix_args = dict(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, switch_prob=cfg.mixup_switch_prob)
         self.mixing = cfg.mixup > 0 or cfg.cutmix > 0
+        self.erase_prob = cfg.random_erasing
         self.input_keys = ("video", self.label)
 
     def init(self, rng: jax.Array, batch: dict) -> dict:
@@ -49,9 +55,11 @@ class ClassificationTask:
         return normalize_video(batch["video"], self.normalization)
 
     def loss_fn(self, params, model_state, batch, rng):
-        dropout_rng, droppath_rng, mix_rng = jax.random.split(rng, 3)
+        dropout_rng, droppath_rng, mix_rng, erase_rng = jax.random.split(rng, 4)
         labels = batch[self.label]
         video = self._video(batch)
+        if self.erase_prob > 0:
+            video = random_erasing(erase_rng, video, self.erase_prob)
         targets = optax.smooth_labels(jax.nn.one_hot(labels, self.model.num_classes), self.label_smoothing)
         if self.mixing:
             video, targets, _ = mix(mix_rng, video, targets, **self.mix_args)

@@ -20,7 +20,7 @@ from absl import app, flags
 from etils import epath
 
 from data.masking import num_visible
-from vfm_jax.converters import clip, umt
+from vfm_jax.converters import clip, umt, viclip
 from vfm_jax.converters.torch_io import load_weights
 from vfm_jax.layers.transformer import last_layers
 from vfm_jax.models import build_model
@@ -80,10 +80,40 @@ def _umt_pretrain(fixture: epath.Path, config: dict, inputs: dict) -> dict[str, 
     }
 
 
+def _viclip(fixture: epath.Path, config: dict, inputs: dict) -> dict[str, np.ndarray]:
+    """Both towers in evaluation mode (no token drop), their raw and normalised embeddings, similarities."""
+    spec, variables = viclip.convert_viclip(
+        load_weights(fixture / "state_dict.npz"), num_heads=config["vision_encoder_ctor"]["heads"],
+        text_num_heads=config["text_encoder_ctor"]["transformer_heads"],
+    )
+    model = build_model(spec)
+
+    def run(m, video, ids):
+        return m.vision_encoder(video), m.text_encoder(ids), m.encode_video(video), m.encode_text(ids)
+
+    video = np.transpose(inputs["video"], (0, 1, 3, 4, 2))  # (B, T, C, H, W) -> (B, T, H, W, C)
+    apply = jax.jit(lambda v, x, t: model.apply(v, x, t, method=run, mutable=["intermediates"]))
+    (vision, text, video_norm, text_norm), state = apply(variables, video, inputs["text_ids"])
+    sims = video_norm @ text_norm.T
+    return {
+        "video_embeds": vision["embedding"],
+        "video_embeds_norm": video_norm,
+        "text_embeds": text["embedding"],
+        "text_embeds_norm": text_norm,
+        "sims": sims,
+        # `ViCLIP.get_predict_label` scales by a fixed 100, not by the learned `temp`.
+        "label_probs": jax.nn.softmax(100.0 * sims, axis=-1),
+        "vision_ln_pre_out": state["intermediates"]["vision_encoder"]["ln_pre_out"][0],
+        "vision_ln_post_out": vision["tokens"].transpose(1, 0, 2),  # the official output is sequence-first
+        "text_ln_final_out": text["tokens"],
+    }
+
+
 # fixture kind -> fn(fixture dir, config, inputs) -> {output name: our array}
 CHECKS: dict[str, Callable] = {
     "umt_finetune": _umt_finetune,
     "umt_pretrain": _umt_pretrain,
+    "viclip": _viclip,
 }
 
 
