@@ -6,9 +6,16 @@ import jax
 
 from vfm_jax import sharding
 from vfm_jax.evaluators.classification import ClassificationEvaluator
+from vfm_jax.evaluators.dual_encoder_retrieval import DualEncoderRetrievalEvaluator
 from vfm_jax.evaluators.retrieval import RetrievalEvaluator
+from vfm_jax.evaluators.zero_shot import ZeroShotClassificationEvaluator
 
-EVALUATORS = {"classification": ClassificationEvaluator, "retrieval": RetrievalEvaluator}
+EVALUATORS = {
+    "classification": ClassificationEvaluator,
+    "retrieval": RetrievalEvaluator,
+    "dual_encoder_retrieval": DualEncoderRetrievalEvaluator,
+    "zero_shot": ZeroShotClassificationEvaluator,
+}
 
 
 def build_evaluators(config, task, mesh) -> dict:

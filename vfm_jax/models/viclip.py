@@ -76,7 +76,11 @@ class ViCLIPVision(nn.Module):
     (B, K), the kept patch positions (index n*T + t) in ascending order.
 
     Other input sizes resize the position table (`resize_positional_embedding`);
-    other frame counts adapt the temporal table (`temporal_embedding`).
+    other frame counts adapt the temporal table (`temporal_embedding`). The
+    temporal table starts at zero, as the official inflation of a CLIP
+    model; `temporal_init_std` > 0 draws it from N(0, std) instead, for
+    training from scratch, where a zero table leaves the frames unordered
+    for hundreds of steps.
     Param names match `CLIPVision` plus `temporal_positional_embedding` (T0, D).
     """
 
@@ -91,6 +95,7 @@ class ViCLIPVision(nn.Module):
     ln_eps: float = 1e-5
     drop_ratio: float = 0.9
     drop_path_rate: float = 0.0
+    temporal_init_std: float = 0.0
     attention_impl: str = "auto"
     scan_layers: bool = True
     remat_policy: str = "none"
@@ -123,8 +128,11 @@ class ViCLIPVision(nn.Module):
         grid0 = self.image_size // p
         cls = self.param("class_embedding", with_axes(init, ("embed",)), (self.width,))
         pos = self.param("positional_embedding", with_axes(init, ("length", "embed")), (grid0 * grid0 + 1, self.width))
+        temporal_init = nn.initializers.zeros
+        if self.temporal_init_std:
+            temporal_init = nn.initializers.normal(self.temporal_init_std)
         temporal = self.param(
-            "temporal_positional_embedding", with_axes(nn.initializers.zeros, ("frames", "embed")),
+            "temporal_positional_embedding", with_axes(temporal_init, ("frames", "embed")),
             (self.num_frames, self.width),
         )
         pos = resize_positional_embedding(pos, (h // p, w // p))

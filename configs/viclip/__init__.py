@@ -1,0 +1,1 @@
+"""ViCLIP (InternVid) experiment configs."""
