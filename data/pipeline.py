@@ -42,25 +42,28 @@ def train_iter(source, *, global_batch_size: int, seed: int, keys: Sequence[str]
                num_workers: int = 0, read_options: grain.ReadOptions | None = None,
                process_index: int | None = None,
                process_count: int | None = None) -> grain.DatasetIterator:
-    """Infinite shuffled batches of this process's shard; checkpointable via get_state().
+    """Infinite shuffled batches: this process's rows of each global batch; checkpointable via get_state().
 
     Shuffling before `repeat` gives each epoch a fresh permutation (grain folds the
-    epoch into the shuffle seed). Slicing the global stream per process keeps the
-    processes disjoint within every epoch. `read_options` sets the threads and
-    prefetch buffer of each process (grain's defaults: 16 threads, 500 elements).
+    epoch into the shuffle seed). Global batch `b` is examples `[b*G, (b+1)*G)` of
+    that stream; this process loads row block `process_index` of `process_count`
+    (default: JAX's process index and count; the train loop passes the block
+    its devices hold, `vfm_jax.sharding.process_batch_block`). So the global
+    batches, and the augmentation rng of every example (drawn from its position
+    in the stream), do not depend on the process count, and the iterator state
+    (batches consumed) means the same on every process: a run resumes on
+    another number of hosts with the same data. `read_options` sets the
+    threads and prefetch buffer of each process (grain's defaults: 16 threads,
+    500 elements).
     """
     process_index, process_count = _process(process_index, process_count)
     local = _local_batch_size(global_batch_size, process_count)
-    dataset = (
-        grain.MapDataset.source(source)
-        .shuffle(seed=seed)
-        .repeat(None)[process_index::process_count]
-    )
+    dataset = grain.MapDataset.source(source).shuffle(seed=seed).repeat(None)
     if hasattr(source, "load"):  # decode + augment, with an rng drawn from the seed and position
         dataset = dataset.random_map(source.load, seed=seed)
     dataset = (
         dataset.map(functools.partial(_select, keys=tuple(keys)))
-        .batch(local, drop_remainder=True)
+        .batch(local, drop_remainder=True)[process_index::process_count]
         .to_iter_dataset(read_options)
     )
     if num_workers > 0:

@@ -13,13 +13,10 @@ from typing import Callable, NamedTuple
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from data.normalization import NORMALIZATION
+
 _RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
-NORMALIZATION = {
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-    "slowfast": ((0.45, 0.45, 0.45), (0.225, 0.225, 0.225)),
-}
 
 
 def _check_clip(clip) -> None:

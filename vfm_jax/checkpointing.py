@@ -4,7 +4,8 @@ Layout of `<dir>/<step>/`:
   params/    {'params': ..., <other variable collections>} - all a model needs;
              converted official weights are checkpoints with this item only
   train/     {'step', 'opt_state', 'rng'}
-  data/      the grain iterator state (one file per process)
+  data/      the grain iterator state (one file per process; any restores any
+             process count, see `DataIteratorHandler`)
   config/    the run's config as JSON
   metadata/  model spec, whether layers are scanned, dtypes, mesh, versions
 
@@ -14,6 +15,8 @@ warning and the previous step is tried.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import time
 from typing import Any
@@ -30,6 +33,38 @@ def abstract_with_shardings(tree, shardings):
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
     )
+
+
+class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
+    """grain's handler (one `process_<i>-of-<n>.json` per process) that also restores on another process count.
+
+    `data.pipeline.train_iter` makes a state (the batches consumed) name the
+    same global batches on every process whatever their number, so a process
+    without a file of its own takes process 0's. grain's own restore raises
+    there, and the step would be set aside as corrupt.
+    """
+
+    def restore(self, directory: epath.Path, item=None, args=None):
+        item = item or args.item
+        path = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        if not path.exists():
+            path = next(iter(directory.glob("process_0-of-*.json")), path)
+        state = path.read_text()
+        item.set_state(json.loads(state) if isinstance(item, grain.DatasetIterator) else state.encode())
+        item.start_prefetch()
+        return item
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class _DataSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class _DataRestore(ocp.args.CheckpointArgs):
+    item: Any
 
 
 class Checkpointer:
@@ -49,7 +84,7 @@ class Checkpointer:
             args=ocp.args.Composite(
                 params=ocp.args.StandardSave(variables),
                 train=ocp.args.StandardSave(train),
-                data=grain.checkpoint.CheckpointSave(data_iter),
+                data=_DataSave(data_iter),
                 config=ocp.args.JsonSave(config),
                 metadata=ocp.args.JsonSave(metadata),
             ),
@@ -68,7 +103,7 @@ class Checkpointer:
                     args=ocp.args.Composite(
                         params=ocp.args.StandardRestore(abstract_variables),
                         train=ocp.args.StandardRestore(abstract_train),
-                        data=grain.checkpoint.CheckpointRestore(data_iter),
+                        data=_DataRestore(data_iter),
                     ),
                 )
             except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
@@ -156,3 +191,14 @@ def load_variables(path: str | os.PathLike, abstract_variables=None, *, partial:
     if missing:
         raise ValueError(f"checkpoint {path} lacks {len(missing)} entries the model needs: {missing[:10]}")
     return restored
+
+
+def split_subtree(path: str) -> tuple[str, str]:
+    """`folder:name` -> (folder, name), a top-level params subtree of a converted folder; plain paths -> (path, '').
+
+    A suffix holding `/` is part of the path, so `gs://bucket/run` has none.
+    """
+    folder, sep, name = str(path).rpartition(":")
+    if not sep or not name or "/" in name:
+        return str(path), ""
+    return folder, name

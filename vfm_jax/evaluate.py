@@ -46,6 +46,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if flags.FLAGS.checkpoint is None:
         raise app.UsageError("--checkpoint is required")
+    cli.initialize_distributed()
     cli.setup_logging()
     config = flags.FLAGS.config
     results = evaluate(config, flags.FLAGS.checkpoint)
@@ -56,5 +57,6 @@ if __name__ == "__main__":
     # Flags are defined here, not at import, so that train and evaluate can be imported together.
     config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
     flags.DEFINE_string("checkpoint", None, "Checkpoint directory to evaluate.")
+    cli.define_distributed_flags()
     flags.mark_flag_as_required("config")
     app.run(main)

@@ -46,11 +46,10 @@ def make_source(cfg, split: str):
         root = cfg.get(f"{split}_root") or cfg.root or None  # e.g. a stage-2 corpus vs its MSRVTT eval
         if cfg.name == "video_classification":
             return VideoClassification(read_classification_csv(cfg[key], root=root), **clips)
-        if cfg.annotation_format not in VIDEO_TEXT_FORMATS:
-            raise ValueError(
-                f"config.data.annotation_format={cfg.annotation_format!r} is not one of {sorted(VIDEO_TEXT_FORMATS)}"
-            )
-        records = VIDEO_TEXT_FORMATS[cfg.annotation_format](cfg[key], root=root)
+        fmt = cfg.get(f"{split}_annotation_format") or cfg.annotation_format  # e.g. WebVid CSV vs MSRVTT JSON
+        if fmt not in VIDEO_TEXT_FORMATS:
+            raise ValueError(f"config.data annotation format {fmt!r} is not one of {sorted(VIDEO_TEXT_FORMATS)}")
+        records = VIDEO_TEXT_FORMATS[fmt](cfg[key], root=root)
         if cfg.get("paragraph"):  # DiDeMo / ActivityNet: a video's sentences are one query
             records = [{**r, "captions": (" ".join(r["captions"]),)} for r in records]
         tokenizer = load_tokenizer(cfg.tokenizer, cfg.tokenizer_file)

@@ -77,6 +77,29 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(("data", "fsdp")))
 
 
+def process_batch_block(mesh: Mesh) -> tuple[int, int]:
+    """(index, count): this process loads row block `index` of `count` equal blocks of every global batch.
+
+    The rows its devices hold under `batch_sharding(mesh)`, which is what
+    `jax.make_array_from_process_local_data` takes from it. With the usual
+    meshes that is its process index of the process count; processes whose
+    devices hold the same rows (a non-batch mesh axis spanning processes) share
+    a block and load the same examples.
+    """
+    shards = mesh.shape["data"] * mesh.shape["fsdp"]
+    held = batch_sharding(mesh).addressable_devices_indices_map((shards,)).values()
+    rows = sorted({row for (block,) in held for row in range(shards)[block]})
+    if not rows:
+        raise ValueError(f"process {jax.process_index()} has no device in the mesh {dict(mesh.shape)}")
+    size = len(rows)
+    if rows != list(range(rows[0], rows[0] + size)) or rows[0] % size:
+        raise ValueError(
+            f"process {jax.process_index()} holds batch rows {rows} of {shards}: a process's devices must "
+            "hold one contiguous block of the batch axis (order the mesh devices by process)"
+        )
+    return rows[0] // size, shards // size
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
 

@@ -25,6 +25,7 @@ import optax
 from absl import app, flags, logging
 from clu import metric_writers
 from etils import epath
+from jax.experimental import multihost_utils
 import ml_collections
 from ml_collections import config_flags
 
@@ -52,6 +53,7 @@ def metadata(config, mesh, step: int) -> dict:
         "task": config.task.name,
         "model": config.model.to_dict(),
         "scan_layers": bool(config.model.get("scan_layers", True)),
+        "scan_layers_by_module": scan_layout(config),
         "param_dtype": "float32",
         "compute_dtype": config.model.get("dtype", "float32"),
         "step": int(step),
@@ -61,12 +63,38 @@ def metadata(config, mesh, step: int) -> dict:
     }
 
 
+def scan_layout(config) -> dict[str, bool]:
+    """Every `scan_layers` under `config.model` and `config.task`, by path (`model.vision`, `task.teacher`).
+
+    The top-level `scan_layers` alone cannot say how a composite model (a
+    video encoder and a text encoder, a frozen teacher) lays out each part.
+    """
+    found = {}
+
+    def walk(node, path):
+        for key, value in node.items():
+            if key == "scan_layers":
+                found[path] = bool(value)
+            elif isinstance(value, ml_collections.ConfigDict):
+                walk(value, f"{path}.{key}")
+
+    walk(config.model, "model")
+    walk(config.task, "task")
+    return found
+
+
 # --------------------------------------------------------------------------- SIGTERM
 
 class _StopRequest:
-    """Set by SIGTERM while training; the loop then saves at the current step and returns.
+    """SIGTERM (a preemption notice) while training: the loop saves at the current step and returns.
 
-    The previous handler is put back on exit (signals only reach the main thread).
+    One process: a Python handler sets `requested`; the previous handler is put
+    back on exit (signals only reach the main thread). Several processes must
+    all save the same step, whichever of them got the signal: JAX's preemption
+    service (started by `jax.distributed.initialize`) catches SIGTERM, tells
+    every process through the coordination service, and they agree on the
+    first step all can still reach (`reached_preemption_sync_point`). A Python
+    handler would replace the service's, so none is installed then.
     """
 
     def __init__(self):
@@ -74,9 +102,15 @@ class _StopRequest:
         self._previous = None
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
+
+    def reached(self, step: int) -> bool:
+        """Whether to save `step` and stop; every process calls this once per step, the same steps."""
+        if not self.requested and multihost_utils.reached_preemption_sync_point(step):
+            self.requested = True
+        return self.requested
 
     def __exit__(self, *exc):
         if self._previous is not None:
@@ -287,7 +321,9 @@ def _subtree(tree, path: str, where: str):
 def load_pretrained_part(state: TrainState, abstract_state: TrainState, destination: str, path: str) -> TrainState:
     """A task's converted weights: `destination` is a collection (a frozen `teacher`) or `params/<subtree>`.
 
-    `path` is a folder written by `python -m vfm_jax.convert`. Every weight it
+    `path` is a folder written by `python -m vfm_jax.convert`, or
+    `folder:name` for the top-level subtree `name` of its params (a tower of
+    a whole model, e.g. `/ckpt/clip_b16:vision_encoder`). Every weight it
     holds must exist in the destination with the same shape; destination
     weights it lacks keep their initialisation and are logged (e.g. the
     cross-attention of BERT fusion layers started from HF `bert-base-uncased`).
@@ -298,7 +334,11 @@ def load_pretrained_part(state: TrainState, abstract_state: TrainState, destinat
     target = flax.traverse_util.flatten_dict(
         abstract_state.params[subtree] if in_params else abstract_state.model_state[collection], sep="/"
     )
-    loaded = flax.traverse_util.flatten_dict(checkpointing.load_variables(path)["params"], sep="/")
+    folder, name = checkpointing.split_subtree(path)
+    params = checkpointing.load_variables(folder)["params"]
+    if name and name not in params:
+        raise ValueError(f"{folder} has no params subtree {name!r}; it has {sorted(params)}")
+    loaded = flax.traverse_util.flatten_dict(params[name] if name else params, sep="/")
     unknown = sorted(k for k in loaded if k not in target or loaded[k].shape != target[k].shape)
     if unknown:
         shown = [f"{k} {loaded[k].shape} vs {target[k].shape if k in target else 'absent'}" for k in unknown[:10]]
@@ -356,10 +396,11 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
     workdir.mkdir(parents=True, exist_ok=True)
     writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
     writer.write_hparams({k: v for k, v in config.to_dict().items() if isinstance(v, (int, float, str))})
+    block, blocks = sharding.process_batch_block(mesh)
     iterators = {
         name: train_iter(
             source, global_batch_size=batch_size, seed=config.seed + i, keys=task.input_keys,
-            num_workers=config.data.num_workers,
+            num_workers=config.data.num_workers, process_index=block, process_count=blocks,
         )
         for i, (name, (source, batch_size)) in enumerate(sources.items())
     }
@@ -454,10 +495,11 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
             io_start = time.perf_counter()
             if step % config.eval_every == 0 or final:
                 results = evaluate(step)
-            if step % config.checkpoint_every == 0 or final or stop.requested:
+            preempted = stop.reached(step)
+            if step % config.checkpoint_every == 0 or final or preempted:
                 save(step)
             pause += time.perf_counter() - io_start
-            if stop.requested:
+            if preempted:
                 logging.warning("SIGTERM: saving the checkpoint of step %d and exiting", step)
                 break
     if not results and not stop.requested:
@@ -475,6 +517,7 @@ def main(argv):
     if flags.FLAGS.workdir is None:
         raise app.UsageError("--workdir is required")
     cli.setup_logging()
+    cli.initialize_distributed()
     config = flags.FLAGS.config
     results = train_and_evaluate(config, flags.FLAGS.workdir)
     if config.report and all(k in results for k in config.report):  # not after a SIGTERM stop
@@ -485,5 +528,6 @@ if __name__ == "__main__":
     # Flags are defined here, not at import, so that train and evaluate can be imported together.
     config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
     flags.DEFINE_string("workdir", None, "Directory for checkpoints and summaries.")
+    cli.define_distributed_flags()
     flags.mark_flag_as_required("config")
     app.run(main)

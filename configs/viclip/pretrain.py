@@ -19,12 +19,15 @@ as `tasks/retrieval_utils.py:evaluation_video_clip`).
 Targets (`Data/InternVid/README.md`, 10M-FLT models): zero-shot K400 top-1
 64.8 (L/14) and 58.52 (B/16), measured with `configs/viclip/zero_shot.py`;
 zero-shot MSRVTT T2V R@1 42.4 (L/14, paper; issues #106/#139 reproduce
-37.7-39.4). Deviations: the towers start from random weights unless
-`task.vision_checkpoint` / `task.text_checkpoint` (converted CLIP towers)
-are set, where the official run starts from CLIP; weight decay skips `proj`
-and `text_projection` (only `*kernel` params decay here); the B script
-keeps the text tower frozen (config default `freeze_text=True`), which this
-task does not offer; test clips are short-side resized and centre-cropped,
+37.7-39.4). The B script keeps the text tower frozen (config default
+`freeze_text=True`): `model=B16` sets `task.freeze_text` and keeps the tower
+out of weight decay. Deviations: the towers start from random weights
+unless `task.vision_checkpoint` / `task.text_checkpoint` (converted CLIP
+towers, e.g. `python -m vfm_jax.convert --model clip --context_length 32`
+then `<folder>:vision_encoder` / `<folder>:text_encoder`) are set, where
+the official run starts from CLIP; weight decay skips `proj` and
+`text_projection` (only `*kernel` params decay here); test clips are
+short-side resized and centre-cropped,
 where the official test transform resizes to 224 x 224.
 
 `model=tiny` trains a CPU-sized ViCLIP from scratch in about a minute on the
@@ -145,10 +148,12 @@ def get_config(arg=None):
     config.model = model_config(arg.model)
     config.task = ml_collections.ConfigDict(dict(
         name="viclip", normalization="imagenet", vision_checkpoint="", text_checkpoint="",
+        freeze_text=arg.model == "B16",
     ))
     config.optim = ml_collections.ConfigDict(dict(
         name="adamw", lr=LR[arg.model], min_lr=LR[arg.model] * 0.01,
         warmup_steps=steps_per_epoch // 10 if tiny else steps_per_epoch // 2, b1=0.9, b2=0.98, eps=1e-8,
-        weight_decay=0.05 if tiny else 0.2, no_decay="", grad_clip=0.0, layer_decay=1.0,
+        weight_decay=0.05 if tiny else 0.2,
+        no_decay=r"^text_encoder/" if config.task.freeze_text else "", grad_clip=0.0, layer_decay=1.0,
     ))
     return config

@@ -55,36 +55,44 @@ def k400_data(*, val_list, root, bpe_file) -> ml_collections.ConfigDict:
     ))
 
 
-def get_config(arg=None):
+def parse(arg):
+    """The variant fields shared by the zero-shot configs (model, dataset, lists, batch), checked."""
     arg = parse_arg(arg, model="L14", dataset="k400", val_list="", root="", class_names_file="", bpe_file="",
                     batch=64)
     if arg.model not in ("B16", "L14", "tiny"):
         raise ValueError(f"model={arg.model!r} is not one of ['B16', 'L14', 'tiny']")
     if arg.dataset not in DATASETS:
         raise ValueError(f"dataset={arg.dataset!r} is not one of {DATASETS}")
+    return arg
 
+
+def data_and_evals(arg) -> tuple[ml_collections.ConfigDict, ml_collections.ConfigDict]:
+    """`config.data` and `config.evals` of a zero-shot run: synthetic (tiny), K400 prompts, or MSRVTT-1kA."""
+    if arg.model == "tiny":
+        evals = dict(zero_shot=synthetic_zero_shot_eval(arg.batch), retrieval=retrieval_eval(arg.batch))
+        return synthetic_data(), ml_collections.ConfigDict(evals)
+    if arg.dataset == "k400":
+        k400 = ml_collections.ConfigDict(dict(
+            type="zero_shot", split="val", batch_size=arg.batch, label="label", class_names=(),
+            class_names_file=arg.class_names_file, templates=ACTIONCLIP_TEMPLATES, ensemble="similarity",
+            clean_text=True,
+        ))
+        return k400_data(val_list=arg.val_list, root=arg.root, bpe_file=arg.bpe_file), ml_collections.ConfigDict(
+            dict(k400=k400)
+        )
+    data = video_text_data(train_list="", val_list=arg.val_list, root=arg.root, val_root="", bpe_file=arg.bpe_file)
+    return data, ml_collections.ConfigDict(dict(msrvtt=retrieval_eval(arg.batch)))
+
+
+def get_config(arg=None):
+    arg = parse(arg)
     config = ml_collections.ConfigDict()
     config.name = "viclip_zero_shot"
     config.total_steps = 0  # evaluation only
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     config.model = model_config(arg.model)
     config.task = ml_collections.ConfigDict(dict(
-        name="viclip", normalization="imagenet", vision_checkpoint="", text_checkpoint="",
+        name="viclip", normalization="imagenet", vision_checkpoint="", text_checkpoint="", freeze_text=False,
     ))
-    if arg.model == "tiny":
-        config.data = synthetic_data()
-        config.evals = ml_collections.ConfigDict(dict(
-            zero_shot=synthetic_zero_shot_eval(arg.batch), retrieval=retrieval_eval(arg.batch),
-        ))
-    elif arg.dataset == "k400":
-        config.data = k400_data(val_list=arg.val_list, root=arg.root, bpe_file=arg.bpe_file)
-        config.evals = ml_collections.ConfigDict(dict(k400=ml_collections.ConfigDict(dict(
-            type="zero_shot", split="val", batch_size=arg.batch, label="label", class_names=(),
-            class_names_file=arg.class_names_file, templates=ACTIONCLIP_TEMPLATES, ensemble="similarity",
-            clean_text=True,
-        ))))
-    else:
-        config.data = video_text_data(train_list="", val_list=arg.val_list, root=arg.root, val_root="",
-                                      bpe_file=arg.bpe_file)
-        config.evals = ml_collections.ConfigDict(dict(msrvtt=retrieval_eval(arg.batch)))
+    config.data, config.evals = data_and_evals(arg)
     return config

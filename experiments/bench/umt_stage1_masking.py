@@ -10,13 +10,10 @@ compilation), synthetic clips, batch 8.
 """
 from __future__ import annotations
 
-import tempfile
-
 from absl import app, flags
 
 from configs.umt.stage1 import get_config
 from experiments.bench import report
-from vfm_jax.train import train_and_evaluate
 
 _OUT = flags.DEFINE_string("out", None, "JSON file to write (printed to stdout too).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per setting.")
@@ -24,22 +21,12 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per setting.")
 
 def step_time(mask_ratio: float) -> dict:
     config = get_config("model=tiny")
-    config.total_steps = _STEPS.value
-    config.log_every = _STEPS.value
-    config.checkpoint_every = 10**9
     config.batch_size = 8
     config.data.update(frames=8, size=112, train_examples=64)
     config.model.update(width=384, depth=6, num_heads=6, patch_size=16, clip_output_dim=256)
     config.task.teacher.update(width=384, depth=6, num_heads=6, patch_size=16, image_size=112, output_dim=256)
     config.task.mask_ratio = mask_ratio
-    with tempfile.TemporaryDirectory() as workdir:
-        results = train_and_evaluate(config, workdir)
-    return {
-        "mask_ratio": mask_ratio,
-        "step_time_ms": 1000.0 / results["steps_per_sec"],
-        "clips_per_sec": results["examples_per_sec"],
-        "xla_flops_per_step": results["flops_per_sec"] / results["steps_per_sec"],
-    }
+    return {"mask_ratio": mask_ratio, **report.train_step_time(config, _STEPS.value)}
 
 
 def main(argv):

@@ -2,6 +2,7 @@
 import argparse
 import os
 import pickle
+import pickletools
 import zipfile
 from collections import OrderedDict
 
@@ -344,13 +345,187 @@ def test_truncated_storage_is_an_error(tmp_path):
         load_state_dict(cut)
 
 
+def _net():
+    """Nested modules with state of every kind (torch is imported lazily, so classes are built on call)."""
+
+    class Block(torch.nn.Module):
+        """A None parameter (no bias), buffers (one non-persistent, one None), plain attributes."""
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(3, 2, bias=False)
+            self.register_buffer("counts", torch.arange(4))
+            self.register_buffer("scale", torch.tensor([0.5, 2.0], dtype=torch.float16), persistent=False)
+            self.register_buffer("unused", None)
+            self.mask = torch.tensor([1.0, -1.0])  # a plain tensor attribute: not state
+            self.steps = 5
+
+        def forward(self, x):
+            return self.proj(x) * self.scale.float() + self.mask * self.steps + self.counts[:2]
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = Block()
+            self.head = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.LayerNorm(2))
+            self.tied = self.head[0].weight  # one parameter under two names
+            self.temperature = torch.nn.Parameter(torch.tensor(0.07))
+            self.register_buffer("input_resolution", torch.tensor(24))
+
+        def forward(self, x):
+            return self.head(self.block(x)) / self.temperature + self.tied.sum()
+
+    torch.manual_seed(0)
+    net = Net()
+    with torch.no_grad():
+        net.head[1].weight.normal_()
+    return net
+
+
+def _jit_save(module, path, mode, example):
+    compiled = torch.jit.script(module) if mode == "script" else torch.jit.trace(module, example)
+    torch.jit.save(compiled, path)
+    return path
+
+
 @parity
 @needs_torch
-def test_torchscript_archive_is_refused(tmp_path):
-    path = tmp_path / "scripted.pt"
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path)
-    with pytest.raises(ValueError, match="TorchScript"):
+@pytest.mark.parametrize("mode", ["script", "trace"])
+def test_torchscript_archive_matches_jit_state_dict(tmp_path, mode):
+    """`torch.jit.load(p).state_dict()`: parameters and buffers, non-persistent ones too; no plain attributes."""
+    net = _net()
+    path = _jit_save(net, tmp_path / "net.pt", mode, torch.randn(1, 3))
+    ref = torch.jit.load(path).state_dict()
+    ours = load_state_dict(path)
+    _assert_matches(ours, ref)
+    assert set(ours) == set(net.state_dict()) | {"block.scale"}  # scripting forgets `persistent=False`
+    assert ours["tied"] is ours["head.0.weight"]
+    _assert_matches(load_weights(path), dict(ref))
+
+
+def _insert_before_last(data: bytes, opcode: str, insert: bytes) -> bytes:
+    """`insert` spliced into a pickle just before its last `opcode`."""
+    position = [pos for op, _, pos in pickletools.genops(data) if op.name == opcode][-1]
+    return data[:position] + insert + data[position:]
+
+
+def _edit_data_pkl(src, dst, edit):
+    with zipfile.ZipFile(src) as source, zipfile.ZipFile(dst, "w") as target:
+        for name in source.namelist():
+            data = source.read(name)
+            target.writestr(name, edit(data) if name.endswith("/data.pkl") else data)
+    return dst
+
+
+@parity
+@needs_torch
+def test_torchscript_with_other_classes_needs_allow_unknown_classes(tmp_path):
+    """Only `__torch__.*` classes are let in: a List[int] attribute (`torch.jit._pickle.build_intlist`) is not."""
+    net = _net()
+    net.block.sizes = [2, 3]
+    path = _jit_save(net, tmp_path / "net.pt", "script", None)
+    with pytest.raises(UnsafeCheckpointError, match=r"torch\.jit\._pickle\.build_intlist"):
         load_state_dict(path)
+    _assert_matches(load_state_dict(path, allow_unknown_classes=True), torch.jit.load(path).state_dict())
+
+
+@parity
+@needs_torch
+@pytest.mark.parametrize("module", ["os", "__torch__x"])
+def test_malicious_torchscript_archive_runs_nothing(tmp_path, module):
+    """A call of `<module>.system` set as an attribute of the root module: refused, or an inert stand-in."""
+    marker = tmp_path / "pwned"
+    path = _jit_save(_net(), tmp_path / "net.pt", "script", None)
+    payload = (_short_str("payload") + f"c{module}\nsystem\n".encode() + _short_str(f"touch {marker}")
+               + pickle.TUPLE1 + pickle.REDUCE + pickle.SETITEM)
+    crafted = _edit_data_pkl(path, tmp_path / "crafted.pt", lambda d: _insert_before_last(d, "BUILD", payload))
+    with pytest.raises(UnsafeCheckpointError, match=rf"{module}\.system"):
+        load_state_dict(crafted)
+    _assert_matches(load_state_dict(crafted, allow_unknown_classes=True), torch.jit.load(path).state_dict())
+    assert not marker.exists()
+
+
+@parity
+@needs_torch
+def test_torch_classes_outside_torchscript_archives_are_unknown(tmp_path):
+    """`__torch__.*` stand-ins are only for archives with a constants.pkl; elsewhere they are unknown classes."""
+    weight = torch.randn(2)
+    path = tmp_path / "ckpt.pth"
+    torch.save({"w": weight}, path)
+    stand_in = _short_str("net") + b"c__torch__\nNet\n" + pickle.EMPTY_TUPLE + pickle.NEWOBJ + pickle.SETITEM
+    crafted = _edit_data_pkl(path, tmp_path / "crafted.pth", lambda d: _insert_before_last(d, "STOP", stand_in))
+    with pytest.raises(UnsafeCheckpointError, match=r"__torch__\.Net"):
+        load_state_dict(crafted)
+    raw = load_state_dict(crafted, allow_unknown_classes=True)
+    assert isinstance(raw["net"], Opaque) and raw["net"].qualname == "__torch__.Net"
+    np.testing.assert_array_equal(raw["w"], weight.numpy())
+
+
+def _traced_like_openai(state: dict, context: int):
+    """OpenAI CLIP names -> arrays as a traced module tree, the way OpenAI's jit files hold them.
+
+    Floating arrays become parameters, the recorded sizes buffers; each text
+    block also keeps its causal `attn_mask` as a plain attribute, which tracing
+    turns into a graph constant (constants.pkl).
+    """
+
+    class Node(torch.nn.Module):
+        def forward(self, x):
+            for module in self.modules():
+                if isinstance(getattr(module, "attn_mask", None), torch.Tensor):
+                    x = x + module.attn_mask
+            return x
+
+    root = Node()
+    for name, value in state.items():
+        *parents, leaf = name.split(".")
+        module = root
+        for part in parents:
+            if not hasattr(module, part):
+                module.add_module(part, Node())
+            module = getattr(module, part)
+        tensor = torch.from_numpy(value)
+        if tensor.is_floating_point():
+            module.register_parameter(leaf, torch.nn.Parameter(tensor, requires_grad=False))
+        else:
+            module.register_buffer(leaf, tensor)
+    for block in root.transformer.resblocks.children():
+        block.attn_mask = torch.full((context, context), float("-inf")).triu(1)
+    return torch.jit.trace(root, torch.zeros(context, context))
+
+
+@parity
+@needs_torch
+def test_openai_clip_torchscript_converts(tmp_path):
+    """A tiny CLIP in OpenAI's jit layout (float16, sizes as tensors) -> `python -m vfm_jax.convert --model clip`."""
+    import jax
+
+    import vfm_jax
+    from conftest import run_module
+    from test_clip_convert import EMBED, TEXT, VISION, _convert, _hf_model, _state
+
+    state = {k: v.astype(np.float16) for k, v in _state(_hf_model("quick_gelu")).items()}
+    state.update(input_resolution=np.array(VISION["image"]), context_length=np.array(TEXT["context"]),
+                 vocab_size=np.array(TEXT["vocab"]))
+    path = tmp_path / "ViT-tiny.pt"
+    torch.jit.save(_traced_like_openai(state, TEXT["context"]), path)
+    with zipfile.ZipFile(path) as archive:
+        assert any("/constants/" in name for name in archive.namelist())  # the causal masks
+    ref = torch.jit.load(path).state_dict()
+    assert set(ref) == set(state)
+    _assert_matches(load_weights(path), dict(ref))
+
+    out = tmp_path / "clip"
+    proc = run_module("vfm_jax.convert", "--model=clip", f"--src={path}", f"--out={out}", "--num_heads=4",
+                      "--text_num_heads=4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    model, variables = vfm_jax.load_pretrained(out)
+    assert model.embed_dim == EMBED and model.activation == "quick_gelu"
+    _, direct = _convert(state)
+    got, want = jax.tree_util.tree_leaves_with_path(variables), jax.tree_util.tree_leaves_with_path(direct)
+    assert [p for p, _ in got] == [p for p, _ in want]
+    for (where, a), (_, b) in zip(got, want):
+        np.testing.assert_array_equal(np.asarray(a), b, err_msg=jax.tree_util.keystr(where))
 
 
 @pytest.mark.parametrize("content", [b"", b"not a checkpoint at all", pickle.dumps({"a": 1})])

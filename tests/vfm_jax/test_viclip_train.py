@@ -214,3 +214,22 @@ def test_tiny_contrastive_training_then_zero_shot_and_retrieval_above_chance(tmp
     again = evaluate(zero_shot.get_config("model=tiny"), str(tmp_path / "run"), devices=jax.devices()[:1])
     for key in ("zero_shot_top1", "retrieval_t2v_r1", "retrieval_v2t_mdr", "retrieval_t2v_r1_dsl"):
         assert again[key] == pytest.approx(results[key]), key
+
+
+def test_frozen_text_tower_gets_no_gradient_and_no_decay():
+    """The B/16 recipe (`freeze_text`): the loss still reads the text tower; its gradient is zero, and decay skips it."""
+    from vfm_jax.optim import decay_mask
+
+    config = pretrain.get_config("model=tiny")
+    config.task.freeze_text = True
+    task = build_task(config)
+    batch = _tiny_batch(task, config)
+    params = nn.unbox(task.init(jax.random.PRNGKey(0), batch))["params"]
+    grads = jax.jit(jax.grad(lambda p: task.loss_fn(p, {}, batch, jax.random.PRNGKey(1))[0]))(params)
+    assert not any(np.any(g) for g in jax.tree.leaves(grads["text_encoder"]))
+    assert float(optax.global_norm(grads["vision_encoder"])) > 0
+    b16 = pretrain.get_config("model=B16")
+    assert b16.task.freeze_text and not pretrain.get_config("model=L14").task.freeze_text
+    mask = decay_mask(params, b16.optim.no_decay)
+    assert not any(jax.tree.leaves(mask["text_encoder"])) and mask["vision_encoder"]["proj"] is False
+    assert any(jax.tree.leaves(mask["vision_encoder"]))

@@ -8,7 +8,7 @@ import pytest
 
 from configs.internvideo.videomae_pretrain import get_config
 from data.synthetic import MovingShapes
-from data.transforms import NORMALIZATION
+from data.normalization import NORMALIZATION
 from vfm_jax import checkpointing
 from vfm_jax.models import build_model
 from vfm_jax.tasks import build_task

@@ -29,6 +29,12 @@ class KeyTracker:
         self._used.add(full)
         return self._state[full].astype(np.float32)
 
+    def scoped(self, prefix: str) -> "KeyTracker":
+        """A view under `prefix` that shares this tracker's keys and used-key record."""
+        view = KeyTracker({})
+        view._state, view._used, view._prefix = self._state, self._used, self._prefix + prefix
+        return view
+
     def count(self, pattern: str) -> int:
         """Number of `pattern.format(i)` keys for i = 0, 1, ... (e.g. blocks)."""
         n = 0

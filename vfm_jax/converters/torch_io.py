@@ -9,15 +9,30 @@ the `argparse.Namespace` official checkpoints keep under 'args') raises
 `Opaque` stand-in that stores what the pickle hands it and calls nothing, so
 the tensors around it can still be read.
 
+TorchScript archives (`torch.jit.save`, e.g. OpenAI's CLIP `ViT-B-16.pt`;
+told apart by their `constants.pkl`) pickle the module tree in `data.pkl` as
+objects of the archive's own `__torch__.*` classes. There, and only there,
+exactly those classes (`__torch__` and names under `__torch__.`) also become
+`Opaque` stand-ins; every other global follows the rules above. Which of a
+module's attributes are parameters and buffers is read, as text, from the
+`__parameters__` / `__buffers__` lines its class declares in the archive's
+`code/` sources (never compiled or run); the result is
+`torch.jit.load(path).state_dict()`: those tensors, names joined with dots, in
+its order, including buffers that were non-persistent before scripting (a
+scripted module keeps no such flag) and no plain tensor attributes or graph
+constants (`constants.pkl` is not read).
+
 Formats: the torch zip archive (default since torch 1.6), the older stream of
-`_use_new_zipfile_serialization=False`, .safetensors, and .npz of torch-named
-arrays. Dtypes stay as stored (bfloat16 and float8 as ml_dtypes types);
-converters cast.
+`_use_new_zipfile_serialization=False`, TorchScript archives, .safetensors,
+and .npz of torch-named arrays. Dtypes stay as stored (bfloat16 and float8 as
+ml_dtypes types); converters cast.
 """
 from __future__ import annotations
 
+import ast
 import io
 import pickle
+import re
 import sys
 import zipfile
 from collections import OrderedDict
@@ -53,6 +68,7 @@ def load_state_dict(path, *, allow_unknown_classes: bool = False) -> dict:
     A training checkpoint comes back as saved, e.g. {'model': OrderedDict(...),
     'epoch': 3}. Each tensor is its own C-contiguous array (views of one storage
     are copied apart), except that a tensor saved twice is one array, as in torch.
+    A TorchScript archive comes back as its module tree's state dict (see the module docstring).
 
     allow_unknown_classes: objects of classes outside the allowlist become
     `Opaque` stand-ins instead of raising `UnsafeCheckpointError`. Nothing of
@@ -183,9 +199,10 @@ class _Unpickler(pickle.Unpickler):
     that storage is read, so one storage at a time is held in memory.
     """
 
-    def __init__(self, file, allow_unknown_classes: bool = False):
+    def __init__(self, file, allow_unknown_classes: bool = False, torchscript: bool = False):
         super().__init__(file, encoding="utf-8")
         self._allow_unknown = allow_unknown_classes
+        self._torchscript = torchscript
         self._opaque: dict[str, type] = {}
         self.storage_dtypes: dict[str, np.dtype] = {}
         self.pending: dict[str, list[_View]] = {}
@@ -213,6 +230,8 @@ class _Unpickler(pickle.Unpickler):
             return self._globals[qualname]
         if module == "torch" and name in _TORCH_DTYPES:
             return TorchType(name, np.dtype(_TORCH_DTYPES[name]))
+        if self._torchscript and (module == "__torch__" or module.startswith("__torch__.")):
+            return self._stand_in(qualname, name)
         if not self._allow_unknown:
             raise UnsafeCheckpointError(
                 f"checkpoint asks for {qualname}, which is not a tensor or plain container; "
@@ -220,6 +239,10 @@ class _Unpickler(pickle.Unpickler):
             )
         if qualname not in self._opaque:
             logging.info("checkpoint object of class %s left as an inert stand-in", qualname)
+        return self._stand_in(qualname, name)
+
+    def _stand_in(self, qualname: str, name: str) -> type:
+        if qualname not in self._opaque:
             self._opaque[qualname] = type(name, (Opaque,), {"qualname": qualname})
         return self._opaque[qualname]
 
@@ -303,15 +326,76 @@ def _load_torch_zip(path: Path, allow_unknown_classes: bool) -> Any:
         if len(pickles) != 1:
             raise ValueError(f"{path}: a zip archive but not a torch checkpoint (no <name>/data.pkl)")
         prefix = pickles[0][: -len("data.pkl")]
-        if prefix + "constants.pkl" in names:
-            raise ValueError(f"{path}: a TorchScript archive; load it in torch and torch.save its state_dict()")
+        torchscript = prefix + "constants.pkl" in names
         byteorder = archive.read(prefix + "byteorder").decode() if prefix + "byteorder" in names else "little"
         if byteorder not in ("little", "big"):
             raise ValueError(f"{path}: unknown byteorder {byteorder!r:.50}")
-        unpickler = _Unpickler(io.BytesIO(archive.read(pickles[0])), allow_unknown_classes)
+        unpickler = _Unpickler(io.BytesIO(archive.read(pickles[0])), allow_unknown_classes, torchscript)
         state = unpickler.load()
         for key in sorted(unpickler.pending):
             unpickler.fill(key, archive.read(f"{prefix}data/{key}"), byteorder)
+        if torchscript:
+            state = _script_state_dict(state, _ModuleDeclarations(archive, prefix))
+    return state
+
+
+class _ModuleDeclarations:
+    """The `__parameters__` and `__buffers__` each TorchScript module class declares, read from `code/`.
+
+    Class `__torch__.a.b.C` is printed in `code/__torch__/a/b.py` as
+    `class C(Module):` followed by `  __parameters__ = ["weight", ...]` and
+    `  __buffers__ = [...]`; only those two list literals are evaluated
+    (`ast.literal_eval`). A class declared otherwise, or not at all, is not a module.
+    """
+
+    _CLASS = re.compile(
+        r"^class (\w+)\(Module\):\n  __parameters__ = (\[.*\])\n(?:  __buffers__ = (\[.*\])\n)?", re.MULTILINE
+    )
+
+    def __init__(self, archive: zipfile.ZipFile, prefix: str):
+        self._archive, self._prefix, self._names = archive, prefix, set(archive.namelist())
+        self._files: dict[str, dict[str, tuple[list, list]]] = {}
+
+    def __call__(self, qualname: str) -> tuple[list, list] | None:
+        """(parameter names, buffer names) of a module class; None for any other class."""
+        module, _, name = qualname.rpartition(".")
+        if module not in self._files:
+            source = f"{self._prefix}code/{module.replace('.', '/')}.py"
+            text = self._archive.read(source).decode() if source in self._names else ""
+            self._files[module] = {
+                match[1]: (ast.literal_eval(match[2]), ast.literal_eval(match[3] or "[]"))
+                for match in self._CLASS.finditer(text)
+            }
+        return self._files[module].get(name)
+
+
+def _script_state_dict(root, declarations: _ModuleDeclarations) -> OrderedDict:
+    """`torch.jit.load(...).state_dict()` of the unpickled module tree.
+
+    Per module, as `nn.Module.state_dict` does: its parameters, then its
+    buffers (each in attribute order, None ones skipped), then its submodules'
+    entries under `<attribute>.`.
+    """
+    state = OrderedDict()
+
+    def visit(module: Opaque, prefix: str, path: tuple):
+        declared = declarations(module.qualname)
+        if declared is None or not isinstance(module.state, dict):
+            raise ValueError(f"TorchScript module {prefix or 'root'} of class {module.qualname} is not a module")
+        attributes = module.state
+        for names in declared:
+            for name, value in attributes.items():
+                if name in names and value is not None:
+                    state[prefix + name] = value
+        for name, value in attributes.items():
+            if isinstance(value, Opaque) and value.qualname.startswith("__torch__.") and declarations(value.qualname):
+                if id(value) in path:
+                    raise ValueError(f"TorchScript module {prefix}{name} contains itself")
+                visit(value, f"{prefix}{name}.", path + (id(value),))
+
+    if not isinstance(root, Opaque):
+        raise ValueError(f"TorchScript data.pkl holds {root!r:.200}, not a module")
+    visit(root, "", (id(root),))
     return state
 
 

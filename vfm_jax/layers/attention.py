@@ -1,4 +1,4 @@
-"""Multi-head self-attention; the product itself goes through `kernels.attention`."""
+"""Multi-head self- and cross-attention; the product itself goes through `kernels.attention`."""
 from __future__ import annotations
 
 import flax.linen as nn
@@ -64,6 +64,49 @@ class SelfAttention(nn.Module):
         if not self.return_cls_attention:
             return out
         return out, _cls_attention(q[:, 0], k, key_lengths)
+
+
+class CrossAttention(nn.Module):
+    """Queries (B, Lq, D) attend to a context (B, Lk, D); q, k, v and output projections with biases.
+
+    The layout of a packed `nn.MultiheadAttention` used as cross-attention
+    (UniFormerV2's `Extractor`). `zero_init_out` starts the output
+    projection at zero, so a fresh layer adds nothing to its residual.
+    """
+
+    num_heads: int
+    attention_impl: str = "auto"
+    dtype: Dtype = jnp.float32
+    zero_init_out: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array, *, key_lengths: jax.Array | None = None):
+        width = x.shape[-1]
+        if width % self.num_heads or context.shape[-1] != width:
+            raise ValueError(
+                f"query width {width} and context width {context.shape[-1]} must match and divide by {self.num_heads} heads"
+            )
+        head_dim = width // self.num_heads
+        kernel_init = with_axes(nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2)), ("embed", "heads", "head_dim"))
+        bias_init = with_axes(nn.initializers.zeros, ("heads", "head_dim"))
+
+        def project(name: str, source: jax.Array) -> jax.Array:
+            kernel = self.param(f"{name}_kernel", kernel_init, (width, self.num_heads, head_dim))
+            bias = self.param(f"{name}_bias", bias_init, (self.num_heads, head_dim))
+            return jnp.einsum("bld,dhk->blhk", source.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(
+                self.dtype
+            )
+
+        out = dot_product_attention(
+            project("q", x), project("k", context), project("v", context), key_lengths=key_lengths,
+            impl=self.attention_impl,
+        )
+        out_init = nn.initializers.zeros if self.zero_init_out else trunc_normal
+        out_kernel = self.param(
+            "out_kernel", with_axes(out_init, ("heads", "head_dim", "embed")), (self.num_heads, head_dim, width)
+        )
+        out_bias = self.param("out_bias", with_axes(nn.initializers.zeros, ("embed",)), (width,))
+        return jnp.einsum("blhk,hkd->bld", out, out_kernel.astype(self.dtype)) + out_bias.astype(self.dtype)
 
 
 def _cls_attention(q0: jax.Array, k: jax.Array, key_lengths: jax.Array | None) -> jax.Array:

@@ -21,12 +21,13 @@ ACTIVATIONS = {
 
 
 class Mlp(nn.Module):
-    """Dense -> activation -> dropout -> Dense."""
+    """Dense -> activation -> dropout -> Dense; `zero_init_out` starts the second Dense at zero."""
 
     hidden_dim: int
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     activation: str = "gelu"
+    zero_init_out: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
@@ -46,7 +47,7 @@ class Mlp(nn.Module):
         return nn.Dense(
             width,
             dtype=self.dtype,
-            kernel_init=with_axes(trunc_normal, ("mlp", "embed")),
+            kernel_init=with_axes(nn.initializers.zeros if self.zero_init_out else trunc_normal, ("mlp", "embed")),
             bias_init=with_axes(nn.initializers.zeros, ("embed",)),
             name="fc2",
         )(h)

@@ -13,8 +13,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vfm_jax.models.bert import BertTextEncoder
-from vfm_jax.models.clip import CLIPText, CLIPVision
+from vfm_jax.models.clip import CLIP, CLIPText, CLIPVision
+from vfm_jax.models.internvideo_cma import InternVideoCMA
+from vfm_jax.models.internvideo_mm import InternVideoMM
 from vfm_jax.models.umt import UMTStudent, UMTVideoText
+from vfm_jax.models.uniformerv2 import UniFormerV2
 from vfm_jax.models.viclip import ViCLIP
 from vfm_jax.models.videomae import VideoMAEPretrain
 from vfm_jax.models.vit import VideoViT
@@ -25,9 +28,13 @@ ARCHS: dict[str, type[nn.Module]] = {
     "umt_video_text": UMTVideoText,
     "clip_vision": CLIPVision,
     "clip_text": CLIPText,
+    "clip": CLIP,
     "viclip": ViCLIP,
+    "internvideo_mm": InternVideoMM,
+    "internvideo_cma": InternVideoCMA,
     "bert_text": BertTextEncoder,
     "videomae_pretrain": VideoMAEPretrain,
+    "uniformerv2": UniFormerV2,
 }
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -66,6 +73,34 @@ PRESETS: dict[str, dict[str, Any]] = {
         vision=dict(width=1024, depth=24, num_heads=16, patch_size=14, image_size=224, num_frames=8,
                     drop_ratio=0.9, drop_path_rate=0.1),
         text=dict(vocab_size=49408, width=768, depth=12, num_heads=12, context_length=32),
+    ),
+    # InternVideo-MM (InternVideo v1): frame-wise CLIP ViT + 4 global UniBlocks on the last layers, text context 77.
+    "internvideo_mm_b16": dict(
+        arch="internvideo_mm", embed_dim=512,
+        vision=dict(width=768, depth=12, num_heads=12, patch_size=16, image_size=224, global_layers=(8, 9, 10, 11)),
+        text=dict(vocab_size=49408, width=512, depth=12, num_heads=8, context_length=77),
+    ),
+    "internvideo_mm_l14": dict(
+        arch="internvideo_mm", embed_dim=768,
+        vision=dict(width=1024, depth=24, num_heads=16, patch_size=14, image_size=224,
+                    global_layers=(20, 21, 22, 23)),
+        text=dict(vocab_size=49408, width=768, depth=12, num_heads=12, context_length=77),
+    ),
+    # UniFormerV2 (Kinetics regime: global UniBlocks on the last 4 layers, no local MHRA; see configs/uniformerv2).
+    "uniformerv2_b16": dict(arch="uniformerv2", width=768, depth=12, num_heads=12, patch_size=16, image_size=224,
+                            global_layers=(8, 9, 10, 11)),
+    "uniformerv2_l14": dict(arch="uniformerv2", width=1024, depth=24, num_heads=16, patch_size=14, image_size=224,
+                            global_layers=(20, 21, 22, 23)),
+    "uniformerv2_l14_336": dict(arch="uniformerv2", width=1024, depth=24, num_heads=16, patch_size=14,
+                                image_size=336, global_layers=(20, 21, 22, 23)),
+    # Image CLIP (OpenAI ViT-B/16, ViT-L/14; QuickGELU: OpenCLIP's LAION/DataComp weights convert with gelu).
+    "clip_b16": dict(
+        arch="clip", embed_dim=512, vision=dict(width=768, depth=12, num_heads=12, patch_size=16, image_size=224),
+        text=dict(vocab_size=49408, width=512, depth=12, num_heads=8, context_length=77),
+    ),
+    "clip_l14": dict(
+        arch="clip", embed_dim=768, vision=dict(width=1024, depth=24, num_heads=16, patch_size=14, image_size=224),
+        text=dict(vocab_size=49408, width=768, depth=12, num_heads=12, context_length=77),
     ),
 }
 

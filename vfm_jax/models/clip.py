@@ -2,16 +2,26 @@
 
 Layout of OpenAI's `VisionTransformer`: a bias-free patch conv (`conv1`), a
 learned class token, a learned ((res/p)^2 + 1, D) position table, `ln_pre`,
-pre-LN blocks with QuickGELU MLPs and q/k/v biases (LayerNorm eps 1e-5),
-`ln_post`, then a bias-free projection `proj` (D, out). UMT uses it as its
-teacher (`return_layers`, `return_attention`); ViCLIP, UniFormerV2 and
-Tip-Adapter start from the same weights.
+pre-LN blocks with QuickGELU MLPs (`activation`) and q/k/v biases
+(LayerNorm eps 1e-5), `ln_post`, then a bias-free projection `proj`
+(D, out). UMT uses it as its teacher (`return_layers`,
+`return_attention`); ViCLIP, UniFormerV2 and Tip-Adapter start from the
+same weights.
 
 The text tower (OpenAI `CLIP.encode_text`) has the same blocks behind a
 causal mask, a token table and a learned (context, D) position table, then
 `ln_final` and a bias-free `text_projection` (D, out) of the EOT token.
+
+`CLIP` joins both towers with the contrastive `logit_scale`: OpenAI's
+`CLIP` and OpenCLIP's standard ViT models. The MLP activation is not
+visible in the weights: OpenAI (and DFN, MetaCLIP) trained with QuickGELU,
+the default here; OpenCLIP's LAION and DataComp models use exact GELU
+(`activation='gelu'`; OpenCLIP model names without `-quickgelu`).
 """
 from __future__ import annotations
+
+import math
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
@@ -19,6 +29,25 @@ import jax.numpy as jnp
 
 from vfm_jax.layers.common import Dtype, l2_normalize, layer_norm, with_axes
 from vfm_jax.layers.transformer import Encoder
+
+
+def tower_arguments(model: nn.Module, **extra) -> dict:
+    """What a two-tower model (`vision`, `text` size mappings) passes to both towers; the towers may not set it.
+
+    The embedding size (`output_dim` = `model.embed_dim`) and the execution
+    fields (`attention_impl`, `scan_layers`, `remat_policy`, `dtype`), plus
+    `extra` (e.g. CLIP's `activation`).
+    """
+    shared = dict(
+        output_dim=model.embed_dim, attention_impl=model.attention_impl, scan_layers=model.scan_layers,
+        remat_policy=model.remat_policy, dtype=model.dtype, **extra,
+    )
+    name = type(model).__name__
+    for tower in ("vision", "text"):
+        clash = sorted(set(getattr(model, tower)) & set(shared))
+        if clash:
+            raise ValueError(f"{name}.{tower} sets {clash}; set them on {name} (output_dim is embed_dim)")
+    return shared
 
 
 class CLIPVision(nn.Module):
@@ -47,6 +76,7 @@ class CLIPVision(nn.Module):
     output_dim: int | None = 512
     mlp_ratio: float = 4.0
     ln_eps: float = 1e-5
+    activation: str = "quick_gelu"
     return_layers: tuple[int, ...] = ()
     return_attention: bool = False
     attention_impl: str = "auto"
@@ -87,7 +117,7 @@ class CLIPVision(nn.Module):
             mlp_dim=int(self.width * self.mlp_ratio),
             qkv_bias="qkv",
             ln_eps=self.ln_eps,
-            activation="quick_gelu",
+            activation=self.activation,
             attention_impl=self.attention_impl,
             scan=self.scan_layers,
             remat_policy=self.remat_policy,
@@ -130,6 +160,10 @@ class CLIPText(nn.Module):
     EOT the largest id (49407). Pass `eot_positions` (B,) for vocabularies
     where that does not hold. Padding after EOT needs no mask: the causal mask
     already hides it from every position up to EOT.
+
+    `token_mask` (B, L) bool with `mask_embedding` (D,) replaces the token
+    embeddings of the masked positions before the position table is added
+    (InternVideo-MM / Harvest text masking at the embedding level).
     """
 
     vocab_size: int = 49408
@@ -140,20 +174,28 @@ class CLIPText(nn.Module):
     output_dim: int | None = 512
     mlp_ratio: float = 4.0
     ln_eps: float = 1e-5
+    activation: str = "quick_gelu"
     attention_impl: str = "auto"
     scan_layers: bool = True
     remat_policy: str = "none"
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, ids: jax.Array, *, eot_positions: jax.Array | None = None) -> dict[str, jax.Array]:
+    def __call__(
+        self, ids: jax.Array, *, eot_positions: jax.Array | None = None, token_mask: jax.Array | None = None,
+        mask_embedding: jax.Array | None = None,
+    ) -> dict[str, jax.Array]:
         if ids.ndim != 2 or ids.shape[1] > self.context_length:
             raise ValueError(f"expected ids (B, L) with L <= {self.context_length}, got shape {ids.shape}")
+        if (token_mask is None) != (mask_embedding is None):
+            raise ValueError("token_mask and mask_embedding go together")
         tokens = nn.Embed(
             self.vocab_size, self.width, dtype=self.dtype,
             embedding_init=with_axes(nn.initializers.normal(0.02), ("vocab", "embed")),
             name="token_embedding",
         )(ids)
+        if token_mask is not None:
+            tokens = jnp.where(token_mask[..., None], mask_embedding.astype(tokens.dtype), tokens)
         pos = self.param(
             "positional_embedding", with_axes(nn.initializers.normal(0.01), ("length", "embed")),
             (self.context_length, self.width),
@@ -165,7 +207,7 @@ class CLIPText(nn.Module):
             mlp_dim=int(self.width * self.mlp_ratio),
             qkv_bias="qkv",
             ln_eps=self.ln_eps,
-            activation="quick_gelu",
+            activation=self.activation,
             attention_impl=self.attention_impl,
             scan=self.scan_layers,
             remat_policy=self.remat_policy,
@@ -185,3 +227,53 @@ class CLIPText(nn.Module):
             )
             out["embedding"] = pooled @ proj.astype(jnp.float32)
         return out
+
+
+class CLIP(nn.Module):
+    """The image and text towers of an image CLIP with the contrastive `logit_scale`.
+
+    `vision` holds CLIPVision's size arguments, `text` CLIPText's; the
+    embedding size (`embed_dim`), the MLP `activation` and the execution
+    fields are set here for both. Entry points (`apply(..., method=...)`):
+    - `encode_image(images)`: L2-normalised (N, embed_dim); videos
+      (B, T, H, W, 3) give (B, T, embed_dim), one embedding per frame.
+    - `encode_text(ids, eot_positions=None)`: L2-normalised (B, embed_dim).
+    - `temperature()`: 1 / exp(logit_scale), so that logits are similarities /
+      temperature as for ViCLIP; OpenAI's `logits_per_image` is
+      `exp(logit_scale) * image @ text.T`. Training clamps `logit_scale` to
+      <= ln(100) (OpenAI's released models sit at that bound).
+    """
+
+    vision: Mapping[str, Any]
+    text: Mapping[str, Any]
+    embed_dim: int = 512
+    activation: str = "quick_gelu"
+    logit_scale_init: float = math.log(1 / 0.07)
+    attention_impl: str = "auto"
+    scan_layers: bool = True
+    remat_policy: str = "none"
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        shared = tower_arguments(self, activation=self.activation)
+        self.vision_encoder = CLIPVision(**self.vision, **shared)
+        self.text_encoder = CLIPText(**self.text, **shared)
+        self.logit_scale = self.param(
+            "logit_scale", with_axes(nn.initializers.constant(self.logit_scale_init), ()), ()
+        )
+
+    def encode_image(self, images: jax.Array) -> jax.Array:
+        return l2_normalize(self.vision_encoder(images)["embedding"])
+
+    def encode_text(self, ids: jax.Array, *, eot_positions: jax.Array | None = None) -> jax.Array:
+        return l2_normalize(self.text_encoder(ids, eot_positions=eot_positions)["embedding"])
+
+    def temperature(self) -> jax.Array:
+        return jnp.exp(-self.logit_scale)
+
+    def __call__(self, images: jax.Array, text_ids: jax.Array) -> dict[str, jax.Array]:
+        return {
+            "image_embedding": self.encode_image(images),
+            "text_embedding": self.encode_text(text_ids),
+            "temperature": self.temperature(),
+        }

@@ -22,7 +22,7 @@ import numpy as np
 
 from vfm_jax.layers.common import Dtype, l2_normalize, layer_norm, with_axes
 from vfm_jax.layers.transformer import Encoder
-from vfm_jax.models.clip import CLIPText
+from vfm_jax.models.clip import CLIPText, tower_arguments
 
 
 def temporal_embedding(table: jax.Array, frames: int) -> jax.Array:
@@ -201,14 +201,7 @@ class ViCLIP(nn.Module):
     dtype: Dtype = jnp.float32
 
     def setup(self):
-        shared = dict(
-            output_dim=self.embed_dim, attention_impl=self.attention_impl, scan_layers=self.scan_layers,
-            remat_policy=self.remat_policy, dtype=self.dtype,
-        )
-        for tower in ("vision", "text"):
-            clash = sorted(set(getattr(self, tower)) & set(shared))
-            if clash:
-                raise ValueError(f"ViCLIP.{tower} sets {clash}; set them on ViCLIP (output_dim is embed_dim)")
+        shared = tower_arguments(self)
         self.vision_encoder = ViCLIPVision(**self.vision, **shared)
         self.text_encoder = CLIPText(**self.text, **shared)
         self.temp = self.param("temp", with_axes(nn.initializers.constant(self.temp_init), ()), ())

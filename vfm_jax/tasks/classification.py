@@ -5,11 +5,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from data.transforms import NORMALIZATION
+from data.normalization import NORMALIZATION
 from vfm_jax.models import build_model
 from vfm_jax.tasks.common import normalize_video, topk_correct
 from vfm_jax.tasks.erasing import random_erasing
 from vfm_jax.tasks.mixup import mix
+from vfm_jax.tasks.umt import _pretrained
 
 
 class ClassificationTask:
@@ -22,6 +23,11 @@ class ClassificationTask:
     then, as in the official fine-tuning loop. `task.random_erasing` (a
     probability, 0 = off) erases a box of each normalised training clip
     before mixing, as the official loaders do (`vfm_jax.tasks.erasing`).
+    `task.pretrained` (optional) maps top-level param subtrees to converted
+    folders (`folder:name` for one subtree of one), loaded by the train loop
+    before the first step: e.g. the two encoders of `internvideo_cma`. A model
+    that re-normalises its input names the preset it expects
+    (`input_normalization`), which must be `task.normalization`.
     """
 
     def __init__(self, config):
@@ -40,6 +46,11 @@ class ClassificationTask:
         if not 0.0 <= cfg.mixup_switch_prob <= 1.0:
             raise ValueError(f"task.mixup_switch_prob={cfg.mixup_switch_prob} must be in [0, 1]")
         self.model = build_model(config.model)
+        expected = getattr(self.model, "input_normalization", cfg.normalization)
+        if expected != cfg.normalization:
+            raise ValueError(f"model.input_normalization={expected!r} but task.normalization={cfg.normalization!r}")
+        pretrained = cfg.get("pretrained") or {}
+        self.pretrained = _pretrained(pretrained, {key: f"params/{key}" for key in pretrained})
         self.label = cfg.label
         self.label_smoothing = cfg.label_smoothing
         self.normalization = cfg.normalization

@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from data.transforms import NORMALIZATION
+from data.normalization import NORMALIZATION
 
 
 def normalize_video(video: jax.Array, preset: str) -> jax.Array:

@@ -17,7 +17,7 @@ from etils import epath
 
 from data.masking import attention_guided_mask, gather_visible, num_visible
 from data.tokenizers import WordPieceTokenizer, load_tokenizer
-from data.transforms import NORMALIZATION
+from data.normalization import NORMALIZATION
 from vfm_jax.layers.transformer import last_layers
 from vfm_jax.models import build_model
 from vfm_jax.tasks.common import normalize_video
@@ -88,13 +88,16 @@ def _check_normalization(name: str):
 def _pretrained(cfg, destinations: dict[str, str]) -> dict[str, str]:
     """{destination: folder} of the `task.<key>` checkpoints that are set (loaded by the train loop).
 
-    A destination is a collection (`teacher`) or `params/<subtree>`; a folder
-    that does not exist fails here, before anything runs.
+    A destination is a collection (`teacher`) or `params/<subtree>`; a
+    folder may name one subtree of its params (`folder:vision_encoder`); a
+    folder that does not exist fails here, before anything runs.
     """
+    from vfm_jax.checkpointing import split_subtree  # here: checkpointing needs grain/orbax, the GPU suite does not
+
     out = {}
     for key, destination in destinations.items():
         if cfg[key]:
-            if not epath.Path(cfg[key]).exists():
+            if not epath.Path(split_subtree(cfg[key])[0]).exists():
                 raise FileNotFoundError(f"task.{key} {cfg[key]} does not exist")
             out[destination] = cfg[key]
     return out

@@ -50,7 +50,9 @@ class ViCLIPTask:
 
     - Training: `encode_video(train=True)` drops `vision.drop_ratio` of the
       patch tokens (rng stream `masking`; drop path uses `droppath`); the text
-      tower trains too (the L/14 recipe's `model.freeze_text False`).
+      tower trains (the L/14 recipe's `model.freeze_text False`) unless
+      `task.freeze_text` (the B/16 recipe): then no gradient reaches it,
+      and the config keeps it out of weight decay (`optim.no_decay`).
     - Global batch: under jit the batch is the global one, so S is computed
       over all data shards (the all-gather that keeps gradients); the
       gradient is that of the loss as written (the official per-rank gather
@@ -59,17 +61,21 @@ class ViCLIPTask:
       update) keeps the stored `temp` >= `model.temp_min` and the loss reads
       it through `clamped`: the official clamp before each forward.
     - Converted CLIP towers can start the run: `task.vision_checkpoint` (a
-      `clip_visual` folder; the temporal table starts at zero, as the
-      official inflation does) and `task.text_checkpoint` (a `clip_text`
-      folder whose position table has `text.context_length` rows).
+      `clip_visual` folder, or `<clip folder>:vision_encoder`; the temporal
+      table starts at zero, as the official inflation does) and
+      `task.text_checkpoint` (a `clip_text` folder or `<clip
+      folder>:text_encoder`, whose position table has `text.context_length`
+      rows: convert with `--context_length`).
     An evaluation-only config (total_steps = 0) needs only videos to build
     the model; its evaluators read the fields they use.
     """
 
+    ARCH = "viclip"
+
     def __init__(self, config):
         cfg = config.task
-        if config.model.arch != "viclip":
-            raise ValueError(f"task viclip needs model.arch='viclip', got {config.model.arch!r}")
+        if config.model.arch != self.ARCH:
+            raise ValueError(f"task {cfg.name} needs model.arch={self.ARCH!r}, got {config.model.arch!r}")
         _check_normalization(cfg.normalization)
         self.model = build_model(config.model)
         self.normalization = cfg.normalization
@@ -77,6 +83,7 @@ class ViCLIPTask:
             cfg, {"vision_checkpoint": "params/vision_encoder", "text_checkpoint": "params/text_encoder"}
         )
         self.input_keys = TRAIN_KEYS if config.total_steps else ("video",)
+        self.freeze_text = bool(cfg.get("freeze_text", False))
 
     def _video(self, video: jax.Array) -> jax.Array:
         return normalize_video(video, self.normalization)
@@ -97,8 +104,9 @@ class ViCLIPTask:
             variables, self._video(batch["video"]), train=True, method="encode_video",
             rngs={"masking": masking_rng, "droppath": droppath_rng},
         )
+        text_variables = jax.lax.stop_gradient(variables) if self.freeze_text else variables
         text = self.model.apply(
-            variables, batch["text_ids"], eot_positions=eot_positions(batch["text_mask"]), method="encode_text"
+            text_variables, batch["text_ids"], eot_positions=eot_positions(batch["text_mask"]), method="encode_text"
         )
         temp = clamped(params["temp"], self.model.temp_min)
         loss = vtc_loss(video, text, batch["index"], temp)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from data.masking import gather_visible, num_masked
-from data.transforms import NORMALIZATION
+from data.normalization import NORMALIZATION
 from vfm_jax.models import build_model
 from vfm_jax.tasks.common import normalize_video
 

@@ -15,12 +15,13 @@ import sys
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 from etils import epath
 
 from data.masking import num_visible
-from vfm_jax.converters import clip, umt, viclip
+from vfm_jax.converters import clip, internvideo_mm, umt, uniformerv2, viclip
 from vfm_jax.converters.torch_io import load_weights
 from vfm_jax.layers.transformer import last_layers
 from vfm_jax.models import build_model
@@ -109,11 +110,69 @@ def _viclip(fixture: epath.Path, config: dict, inputs: dict) -> dict[str, np.nda
     }
 
 
+def _internvideo_mm(fixture: epath.Path, config: dict, inputs: dict) -> dict[str, np.ndarray]:
+    """Both towers in evaluation mode (no patch drop), embeddings, CLIP logits and the named intermediates."""
+    ctor = config["videointern_ctor"]
+    spec, variables = internvideo_mm.convert_internvideo_mm(
+        load_weights(fixture / "state_dict.npz"), num_heads=config["visual_backbone_ctor"]["heads"],
+        text_num_heads=ctor["transformer_heads"],
+    )
+    if spec["vision"]["global_layers"] != list(config["visual_backbone_ctor"]["return_list"]):
+        raise ValueError(f"fixture return_list {config['visual_backbone_ctor']['return_list']} is not the last layers")
+    model = build_model(spec)
+
+    def run(m, video, ids):
+        return m.vision_encoder(video), m.text_encoder(ids), m.encode_video(video), m.encode_text(ids)
+
+    video = np.transpose(inputs["video"], (0, 2, 3, 4, 1))  # (B, C, T, H, W) -> (B, T, H, W, C)
+    apply = jax.jit(lambda v, x, t: model.apply(v, x, t, method=run, mutable=["intermediates"]))
+    (vision, text, video_norm, text_norm), state = apply(variables, video, inputs["text_ids"])
+    logits = jnp.exp(variables["params"]["logit_scale"]) * video_norm @ text_norm.T
+    inter = state["intermediates"]["vision_encoder"]
+    tokens = vision["tokens"]  # (B, T, 1+P, D)
+    return {
+        "video_embeds": vision["embedding"],
+        "text_embeds": text["embedding"],
+        "video_embeds_norm": video_norm,
+        "text_embeds_norm": text_norm,
+        "logits_per_video": logits,
+        "probs": jax.nn.softmax(logits, axis=-1),
+        "video_feats_pre_ln_post": vision["features"],
+        "global_cls_token_out": inter["global_blocks"]["query"][0].transpose(1, 0, 2),  # (1, B, D) sequence-first
+        "vision_ln_pre_out": inter["ln_pre_out"][0],  # (B*T, 1+P, D), batch ordered (b t)
+        "video_backbone_tokens": tokens.transpose(2, 0, 1, 3),  # official (1+P, B, T, D)
+        "text_tokens_ln_final": text["tokens"],
+    }
+
+
+def _uniformerv2(fixture: epath.Path, config: dict, inputs: dict) -> dict[str, np.ndarray]:
+    """The classifier in evaluation mode (BatchNorm on its running statistics), logits and the hooked features."""
+    ctor = config["backbone_ctor"]
+    spec, variables = uniformerv2.convert_uniformerv2(
+        load_weights(fixture / "state_dict.npz"), num_heads=ctor["heads"], global_heads=ctor["n_head"],
+        global_layers=ctor["return_list"],
+    )
+    model = build_model(spec)
+    video = np.transpose(inputs["video"], (0, 2, 3, 4, 1))  # (B, C, T, H, W) -> (B, T, H, W, C)
+    logits, state = jax.jit(lambda v, x: model.apply(v, x, mutable=["intermediates"]))(variables, video)
+    inter = {k: v[0] for k, v in state["intermediates"].items() if k != "global"}
+    return {
+        "logits": logits,
+        "feature_pre_head": inter["fused"],
+        "feature_head_ln_out": inter["head_norm_out"],
+        "global_cls_token_out": state["intermediates"]["global"]["query"][0].transpose(1, 0, 2),  # (1, B, D)
+        "ln_pre_out": inter["ln_pre_out"],  # (B*T, 1+P, D), batch ordered (b t)
+        "backbone_last_block_out": inter["hidden_states"][-1].transpose(1, 0, 2),  # official (1+P, B*T, D)
+    }
+
+
 # fixture kind -> fn(fixture dir, config, inputs) -> {output name: our array}
 CHECKS: dict[str, Callable] = {
     "umt_finetune": _umt_finetune,
     "umt_pretrain": _umt_pretrain,
     "viclip": _viclip,
+    "internvideo_mm": _internvideo_mm,
+    "uniformerv2": _uniformerv2,
 }
 
 

@@ -1,0 +1,1 @@
+"""Harvest post-pretraining configs."""
