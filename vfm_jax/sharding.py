@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
-
-from data.pipeline import first_example
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -67,8 +66,11 @@ def make_mesh(sizes: Mapping[str, int], devices=None) -> Mesh:
     used = math.prod(shape)
     if used < len(devices):
         logging.warning("mesh %s uses %d of %d devices", shape, used, len(devices))
-    if used == len(jax.devices()):
-        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    if used == len(devices):
+        # ICI-aware device order. A mesh axis may take part of a physical one (tensor:4 of a v6e 16x16),
+        # which jax.make_mesh refuses on every TPU but v5e.
+        ordered = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(ordered, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
     return Mesh(np.asarray(devices[:used]).reshape(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
 
 
@@ -106,6 +108,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 def example_batch(source, keys, batch_size: int = 1) -> dict:
     """Abstract batch (ShapeDtypeStructs) shaped like the source's examples; a missing key is an error."""
+    from data.pipeline import first_example  # grain: kept out of the kernels' import path
+
     example = first_example(source)
     missing = [k for k in keys if k not in example]
     if missing:
@@ -123,7 +127,29 @@ def variables_layout(task, example: dict, mesh):
     """
     boxed = jax.eval_shape(lambda rng: task.init(rng, example), jax.random.PRNGKey(0))
     shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, LOGICAL_RULES)
-    return nn.unbox(boxed), shardings
+    abstract = nn.unbox(boxed)
+    return abstract, jax.tree.map(lambda s, x: NamedSharding(mesh, fitted_spec(s.spec, x.shape, mesh)),
+                                  shardings, abstract)
+
+
+def fitted_spec(spec: P, shape: tuple[int, ...], mesh) -> P:
+    """`spec` with each dimension split only over the leading mesh axes whose sizes divide it.
+
+    A param whose dimension a mesh axis does not divide (710 K710 classes over
+    `tensor`=4) is replicated along the axes that do not fit instead of
+    failing to place; so is one split over an axis the mesh does not have.
+    """
+    fitted = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        kept, product = [], 1
+        for name in names:
+            if name not in mesh.axis_names or dim % (product * mesh.shape[name]):
+                break
+            kept.append(name)
+            product *= mesh.shape[name]
+        fitted.append(None if not kept else kept[0] if len(kept) == 1 else tuple(kept))
+    return P(*fitted)
 
 
 def zeros_like_batch(abstract: dict) -> dict:

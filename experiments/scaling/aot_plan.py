@@ -28,9 +28,9 @@ number is worth):
   collective-permute of the compiled HLO, static count and the count executed
   per step (ops inside a scanned stack run once per layer), with their bytes.
 
-`attention_impl='auto'` resolves from the host's backend (CPU: XLA), while a
-TPU would pick the Mosaic kernel, which jit cannot partition over a
-multi-chip mesh: plan (and run) pods with `attention_impl=xla`.
+`attention_impl='auto'` resolves from the platform of the mesh in context,
+so the plan compiles the Mosaic flash kernel a TPU would run (per shard,
+inside `shard_map`); `attention_impl=xla` plans XLA's unfused attention.
 """
 from __future__ import annotations
 
@@ -46,9 +46,9 @@ from collections import defaultdict
 import flax.linen as nn
 import jax
 import numpy as np
-from absl import app, flags, logging
-from jax.experimental import mesh_utils, topologies
-from jax.sharding import AxisType, NamedSharding
+from absl import app, flags
+from jax.experimental import topologies
+from jax.sharding import NamedSharding
 from ml_collections import config_flags
 
 from vfm_jax import cli, sharding, train
@@ -194,13 +194,14 @@ def train_shapes(cfg):
 # --------------------------------------------------------------------------- the compiled step
 
 def on_mesh(tree, mesh):
-    """The same PartitionSpecs on another mesh (ShapeDtypeStructs or NamedShardings)."""
-    def move(x):
-        if isinstance(x, NamedSharding):
-            return NamedSharding(mesh, x.spec)
-        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, x.sharding.spec))
-
-    return jax.tree.map(move, tree, is_leaf=lambda x: isinstance(x, NamedSharding))
+    """ShapeDtypeStructs with the same PartitionSpecs on another mesh, refitted to its axis sizes
+    (`sharding.fitted_spec`: a dimension an axis does not divide is replicated along it)."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(
+            x.shape, x.dtype, sharding=NamedSharding(mesh, sharding.fitted_spec(x.sharding.spec, x.shape, mesh))
+        ),
+        tree,
+    )
 
 
 @dataclasses.dataclass
@@ -225,10 +226,8 @@ def compile_train_step(config, devices, mesh_sizes) -> CompiledStep:
     shape = sharding.mesh_shape(mesh_sizes, len(devices))
     if math.prod(shape) != len(devices):
         raise ValueError(f"mesh {dict(zip(sharding.MESH_AXES, shape))} does not use all {len(devices)} chips")
-    # ICI-aware device order; a mesh axis may take part of a physical one (tensor:4 of a 16x16 v6e).
-    ordered = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
-    mesh = jax.sharding.Mesh(ordered, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
-    host = jax.make_mesh((1, 1, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=jax.devices("cpu")[:1])
+    mesh = sharding.make_mesh(mesh_sizes, devices)
+    host = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices("cpu")[:1])
     batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if config.batch_size % batch_shards:
         raise ValueError(f"global batch {config.batch_size} must split evenly over data*fsdp={batch_shards} chips")
@@ -236,11 +235,12 @@ def compile_train_step(config, devices, mesh_sizes) -> CompiledStep:
     task = build_task(config)
     source = train_shapes(config.data)
     program = train.build_program(config, task, host, source)
-    flops = train.flops_per_train_step(config, host, source, {"data": program.abstract_batch})["data"]
-    state_shardings = on_mesh(program.state_shardings, mesh)
+    flops = train.flops_per_train_step(config, source, {"data": program.abstract_batch})["data"]
+    abstract_state = on_mesh(program.abstract_state, mesh)
+    state_shardings = jax.tree.map(lambda x: x.sharding, abstract_state)
     with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
         step = jax.jit(program.train_step, out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-        lowered = step.lower(on_mesh(program.abstract_state, mesh), on_mesh(program.abstract_batch, mesh))
+        lowered = step.lower(abstract_state, on_mesh(program.abstract_batch, mesh))
         start = time.perf_counter()
         try:
             compiled, error = lowered.compile(), ""
@@ -415,7 +415,10 @@ def plan(config, slice_: Slice, devices, mesh_sizes) -> dict:
     result["flops"].update(
         libtpu_per_chip=float(cost.get("flops", 0.0)), libtpu_note="libtpu's cost analysis of the compiled step" + once,
     )
-    found = collectives(step.compiled.as_text())
+    hlo = step.compiled.as_text()
+    # Mosaic kernels in the step (the flash-attention kernels under attention_impl='auto' or 'pallas').
+    result["mosaic_kernels_in_hlo"] = hlo.count('custom_call_target="tpu_custom_call"')
+    found = collectives(hlo)
     result["collectives"] = found
     hbm_traffic = float(cost.get("bytes accessed", 0.0))
     hbm_s = hbm_traffic / chip.hbm_bytes_per_s
@@ -481,12 +484,6 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     cli.setup_logging()
     config = flags.FLAGS.config
-    if set(config_values(config, "attention_impl")) - {"xla"}:
-        logging.warning(
-            "attention_impl 'auto' resolves to XLA on this CPU host but to the Mosaic flash kernel on a TPU, "
-            "which jit cannot partition over a multi-chip mesh (it asks for shard_map); the plan is that of "
-            "attention_impl=xla, the setting that compiles on a pod today"
-        )
     with config.unlocked():
         if flags.FLAGS.mesh:
             config.mesh.update(parse_mesh(flags.FLAGS.mesh))

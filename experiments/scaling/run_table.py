@@ -10,7 +10,8 @@ README table between its markers is then rewritten from all the JSONs.
 
 All three slices have 256 chips (v5p-512 counts TensorCores). Compute runs in
 bf16 (`model.dtype`; the configs default to float32 for CPU parity) and
-attention is XLA's (`attention_impl=xla`: see the README).
+attention is XLA's (`attention_impl=xla`) except in the `flash` rows, which
+plan the Mosaic flash-attention kernels (`attention_impl=auto`).
 """
 from __future__ import annotations
 
@@ -49,6 +50,16 @@ EXTRA = (
     ("viclip_l14", "v5e-256", "dp", 32768, "b32768", ()),
     ("uniformerv2_l14", "v5e-256", "dp", 512, "remat", ("--config.model.remat_policy=full",)),
     ("uniformerv2_l14", "v5e-256", "fsdp_tp2", 512, "", ()),  # its 710 classes do not split 4 ways
+    # The Mosaic flash-attention kernels instead of XLA's attention, at the recommended slice.
+    ("umt_l16_stage1", "v5p-512", "dp", 2048, "flash",
+     ("--config.model.attention_impl=auto", "--config.task.teacher.attention_impl=auto")),
+    ("viclip_l14", "v5p-512", "dp", 16384, "flash", ("--config.model.attention_impl=auto",)),
+    ("uniformerv2_l14", "v5p-512", "dp", 512, "flash", ("--config.model.attention_impl=auto",)),
+    ("umt_l16_stage1", "v5p-512", "dp", 2048, "flash_unrolled",
+     ("--config.model.attention_impl=auto", "--config.task.teacher.attention_impl=auto",
+      "--config.model.scan_layers=False", "--config.task.teacher.scan_layers=False")),
+    ("viclip_l14", "v5p-512", "dp", 16384, "flash_unrolled",
+     ("--config.model.attention_impl=auto", "--config.model.scan_layers=False")),
     # libtpu's full HBM count (it counts a scanned body once), at ~3x the compile time.
     *(("umt_l16_stage1", slice_, "dp", 2048, "unrolled",
        ("--config.model.scan_layers=False", "--config.task.teacher.scan_layers=False")) for slice_ in SLICES),
@@ -67,9 +78,10 @@ def rows():
     for model, slice_, strategy, batch, label, more in grid + list(EXTRA):
         config, _, overrides = MODELS[model]
         out = os.path.join(RESULTS, "_".join(filter(None, (model, slice_, strategy, label))) + ".json")
+        by_flag = {o.split("=")[0]: o for o in (*overrides, *more)}  # a row's own setting replaces the model's
         yield f"{model} {label}".strip(), out, [
             "-m", "experiments.scaling.aot_plan", f"--config={config}", f"--topology={slice_}",
-            f"--mesh={MESHES[strategy]}", f"--global_batch={batch}", *overrides, *more,
+            f"--mesh={MESHES[strategy]}", f"--global_batch={batch}", *by_flag.values(),
             f"--out={os.path.relpath(out, ROOT)}",
         ]
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -516,7 +517,31 @@ def _specs(cfg: _Config, head_dim: int, blocks) -> _Specs:
     )
 
 
-def _pallas(cfg, name, kernel, grid, specs: _Specs, in_specs, out_specs, out_shape, scratch, masks, args):
+# Matmuls over every (query, key, head_dim) triple per kernel: the forward's QK^T and PV; dK/dV
+# recomputes QK^T and forms dP, dV and dK; dQ recomputes QK^T and forms dP and dQ.
+_MATMULS = {"flash_attention_fwd": 2, "flash_attention_dkdv": 4, "flash_attention_dq": 3}
+
+
+def _cost(name: str, cfg: _Config, q, k, resident, streamed, outputs) -> pl.CostEstimate:
+    """Dense (no block skipped) cost of one kernel, for XLA's scheduler and cost analysis.
+
+    Without it a Mosaic call is opaque to XLA: an ahead-of-time plan would
+    count neither its FLOPs nor its HBM traffic. `resident` arrays are read
+    once (their blocks stay while the inner grid axis runs), `streamed` ones
+    once per outer block (the grid's third axis).
+    """
+    batch, heads, q_pad, head_dim = q.shape
+    outer = q_pad // cfg.block_q if name != "flash_attention_dkdv" else k.shape[2] // cfg.block_k
+    pairs = batch * heads * q_pad * k.shape[2]
+    nbytes = lambda arrays: sum(math.prod(a.shape) * jnp.dtype(a.dtype).itemsize for a in arrays)  # noqa: E731
+    return pl.CostEstimate(
+        flops=2 * _MATMULS[name] * pairs * head_dim,
+        transcendentals=pairs,
+        bytes_accessed=nbytes(resident) + outer * nbytes(streamed) + nbytes(outputs),
+    )
+
+
+def _pallas(cfg, name, kernel, grid, specs: _Specs, in_specs, out_specs, out_shape, scratch, masks, args, cost):
     """pallas_call with the three SMEM tables prefetched and the segment ids appended."""
     segment_args = [] if masks.segments is None else [ids[:, None, :] for ids in masks.segments]
     return pl.pallas_call(
@@ -534,6 +559,7 @@ def _pallas(cfg, name, kernel, grid, specs: _Specs, in_specs, out_specs, out_sha
         ),
         interpret=cfg.interpret,
         name=name,
+        cost_estimate=cost,
     )(masks.lengths, masks.q_info, masks.k_info, *args, *segment_args)
 
 
@@ -548,6 +574,7 @@ def _forward(cfg: _Config, q, k, v, masks: _Masks):
     ]
     if cfg.segments:
         scratch.append(pltpu.VMEM((cfg.block_q, 1), jnp.int32))  # query ids column
+    out, lse = _like(q, q.shape, q.dtype), _like(q, (batch, heads, 1, q_pad), jnp.float32)
     return _pallas(
         cfg,
         "flash_attention_fwd",
@@ -556,10 +583,11 @@ def _forward(cfg: _Config, q, k, v, masks: _Masks):
         specs,
         [specs.q, specs.kv, specs.kv],
         [specs.q, specs.row],
-        [_like(q, q.shape, q.dtype), _like(q, (batch, heads, 1, q_pad), jnp.float32)],
+        [out, lse],
         scratch,
         masks,
         [q, k, v],
+        _cost("flash_attention_fwd", cfg, q, k, [q], [k, v], [out, lse]),
     )
 
 
@@ -568,6 +596,7 @@ def _backward_dkdv(cfg: _Config, q, k, v, masks: _Masks, d_out, lse, delta):
     nq, nk = q_pad // cfg.block_q, k.shape[2] // cfg.block_k
     specs = _specs(cfg, head_dim, _k_major_blocks(nk))
     scratch = [pltpu.VMEM((cfg.block_k, head_dim), jnp.float32) for _ in ("dk", "dv")]
+    dk, dv = _like(k, k.shape, k.dtype), _like(v, v.shape, v.dtype)
     if cfg.segments:
         scratch.append(pltpu.VMEM((cfg.block_k, 1), jnp.int32))  # key ids column
     return _pallas(
@@ -578,10 +607,11 @@ def _backward_dkdv(cfg: _Config, q, k, v, masks: _Masks, d_out, lse, delta):
         specs,
         [specs.q, specs.kv, specs.kv, specs.q, specs.row, specs.row],
         [specs.kv, specs.kv],
-        [_like(k, k.shape, k.dtype), _like(v, v.shape, v.dtype)],
+        [dk, dv],
         scratch,
         masks,
         [q, k, v, d_out, lse, delta],
+        _cost("flash_attention_dkdv", cfg, q, k, [k, v], [q, d_out, lse, delta], [dk, dv]),
     )
 
 
@@ -594,6 +624,7 @@ def _backward_dq(cfg: _Config, q, k, v, masks: _Masks, d_out, lse, delta):
         pltpu.VMEM((cfg.block_q, 1), jnp.float32),  # logsumexp column
         pltpu.VMEM((cfg.block_q, 1), jnp.float32),  # delta column
     ]
+    dq = _like(q, q.shape, q.dtype)
     if cfg.segments:
         scratch.append(pltpu.VMEM((cfg.block_q, 1), jnp.int32))  # query ids column
     return _pallas(
@@ -604,8 +635,9 @@ def _backward_dq(cfg: _Config, q, k, v, masks: _Masks, d_out, lse, delta):
         specs,
         [specs.q, specs.kv, specs.kv, specs.q, specs.row, specs.row],
         specs.q,
-        _like(q, q.shape, q.dtype),
+        dq,
         scratch,
         masks,
         [q, k, v, d_out, lse, delta],
+        _cost("flash_attention_dq", cfg, q, k, [q, d_out, lse, delta], [k, v], [dq]),
     )

@@ -158,6 +158,9 @@ def test_cli_plans_quickstart_dp(tmp_path):
     assert plan["topology"] == {"asked": "v5e:2x2", "libtpu": "v5e:2x2", "chips": 4, "device_kind": "TPU v5 lite"}
     assert plan["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1} and plan["strategy"] == "DP"
     assert plan["command"].startswith("python -m experiments.scaling.aot_plan --config=configs/quickstart.py")
+    # attention_impl='auto' on a TPU mesh: the Mosaic flash kernels (forward, then dK/dV and dQ
+    # backward; a scanned stack holds one copy) run per shard inside the partitioned step.
+    assert plan["attention_impl"] == ["auto"] and plan["mosaic_kernels_in_hlo"] == 3
 
     params = plan["params"]
     mem = plan["memory_per_chip"]

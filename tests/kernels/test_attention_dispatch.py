@@ -184,3 +184,61 @@ def test_segment_ids_need_self_attention():
     q, k, v = _qkv(1, 4, 6)
     with pytest.raises(ValueError, match="segment_ids"):
         dot_product_attention(q, k, v, segment_ids=jnp.zeros((1, 4), jnp.int32))
+
+
+def test_auto_choice_on_gpu_follows_the_measured_thresholds(monkeypatch):
+    """On GPU: cuDNN for long even sequences, Pallas for odd lengths, short sequences and segments."""
+    import kernels.attention as attention
+
+    monkeypatch.setattr(attention, "_platform", lambda: "gpu")
+
+    def pick(lq, lk, dtype=jnp.bfloat16, segments=None):
+        q = jax.ShapeDtypeStruct((2, lq, 12, 64), dtype)
+        k = jax.ShapeDtypeStruct((2, lk, 12, 64), dtype)
+        return attention._auto_impl(q, k, segments)
+
+    assert pick(1568, 1568) == "cudnn"
+    assert pick(206, 206) == "cudnn"
+    assert pick(205, 205) == "pallas"  # cuDNN has no backward for odd lengths
+    assert pick(16, 16) == "pallas"  # U-Net temporal attention: cuDNN is 5x slower there
+    assert pick(1568, 1568, dtype=jnp.float32) == "pallas"
+    assert pick(1568, 1568, segments=jnp.zeros((2, 1568), jnp.int32)) == "pallas"
+
+
+def _sharded_attention(mesh, q, k, v, key_lengths, impl):
+    """Forward and input gradients of dot_product_attention under `mesh` and the model's logical rules."""
+    import flax.linen as nn
+
+    from vfm_jax import sharding
+
+    def loss(q, k, v):
+        out = dot_product_attention(q, k, v, key_lengths=key_lengths, impl=impl)
+        return jnp.sum(out * jnp.cos(out)), out
+
+    @jax.jit
+    def run(q, k, v):
+        (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True)(q, k, v)
+        return out, grads
+
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        heads = "tensor" if q.shape[2] % mesh.shape["tensor"] == 0 else None
+        spec = jax.sharding.PartitionSpec(("data", "fsdp"), None, heads, None)
+        placed = [jax.device_put(x, jax.sharding.NamedSharding(mesh, spec)) for x in (q, k, v)]
+        return run(*placed), run.trace(*placed).jaxpr
+
+
+@pytest.mark.parametrize("heads", [4, 3], ids=["heads_split", "heads_not_divisible"])
+def test_pallas_runs_per_shard_under_a_mesh(heads):
+    """Under a data x fsdp x tensor mesh the kernel runs inside shard_map (XLA cannot partition a
+    Pallas call) and gives the XLA path's outputs and gradients, ragged key lengths and odd L."""
+    from vfm_jax import sharding
+
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    q, k, v = _qkv(4, 13, 13, h=heads, d=8)
+    key_lengths = jnp.asarray([13, 5, 1, 9])
+    (out, grads), jaxpr = _sharded_attention(mesh, q, k, v, key_lengths, "pallas")
+    (want, want_grads), _ = _sharded_attention(mesh, q, k, v, key_lengths, "xla")
+    assert "shard_map" in str(jaxpr)
+    np.testing.assert_allclose(out, want, atol=2e-5, rtol=2e-5)
+    for got, ref in zip(grads, want_grads):
+        np.testing.assert_allclose(got, ref, atol=2e-5, rtol=2e-5)

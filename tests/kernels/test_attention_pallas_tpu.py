@@ -273,3 +273,41 @@ def test_lowers_for_v5e(v5e_mesh, head_dim, grad, masks):
     # grad), less than the whole batch's (tiling pads D=64 to 128 lanes in HBM).
     per_chip = AOT_BATCH // 4 * AOT_LEN * AOT_HEADS * head_dim * 2 * (3 if grad else 1)
     assert per_chip <= compiled.memory_analysis().output_size_in_bytes < 4 * per_chip
+
+
+@pytest.mark.tpu_aot
+def test_dispatcher_lowers_for_v5e_under_a_sharded_mesh(v5e_mesh):
+    """impl='auto' inside a jitted step under a data x tensor mesh of TPU chips picks the Mosaic
+    kernel from the mesh's platform and runs it per shard: it compiles (a bare pallas_call would
+    be refused: "Mosaic kernels cannot be automatically partitioned")."""
+    import flax.linen as nn
+
+    from kernels.attention import dot_product_attention
+    from vfm_jax import sharding
+
+    devices = np.asarray(v5e_mesh.devices).reshape(2, 1, 2)
+    mesh = jax.sharding.Mesh(devices, sharding.MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3)
+    spec = jax.sharding.PartitionSpec(("data", "fsdp"), None, "tensor", None)
+
+    def loss(q, k, v, key_lengths):
+        out = dot_product_attention(q, k, v, key_lengths=key_lengths, impl="auto")
+        return out.astype(jnp.float32).sum()
+
+    qkv = jax.ShapeDtypeStruct(
+        (AOT_BATCH, AOT_LEN, AOT_HEADS, 64), jnp.bfloat16, sharding=jax.sharding.NamedSharding(mesh, spec)
+    )
+    lengths = jax.ShapeDtypeStruct(
+        (AOT_BATCH,), jnp.int32, sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    )
+    with jax.set_mesh(mesh), nn.logical_axis_rules(sharding.LOGICAL_RULES):
+        compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(qkv, qkv, qkv, lengths).compile()
+    text = compiled.as_text()
+    assert text.count('custom_call_target="tpu_custom_call"') == 3
+    # Each chip holds a quarter of the (batch x heads) work: dq, dk, dv outputs per chip.
+    per_chip = AOT_BATCH // 2 * AOT_LEN * AOT_HEADS // 2 * 64 * 2 * 3
+    assert per_chip <= compiled.memory_analysis().output_size_in_bytes < 4 * per_chip
+    # The kernels carry cost estimates, so XLA's cost analysis sees their matmuls (2 in the forward,
+    # 4 in dK/dV, 3 in dQ over every query-key pair, here on the padded lengths).
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    assert cost["flops"] >= 2 * 9 * (AOT_BATCH // 2) * (AOT_HEADS // 2) * AOT_LEN**2 * 64

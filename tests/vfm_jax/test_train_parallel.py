@@ -57,6 +57,27 @@ def test_logical_rules_shard_params_and_batch(tiny_config):
     assert sharding.batch_sharding(mesh).spec == P(("data", "fsdp"))
 
 
+def test_dimensions_a_mesh_axis_does_not_divide_are_replicated_along_it(tiny_config):
+    """A head of 6 classes over tensor=4 (as K710's 710 classes over 4) keeps what fits and
+    replicates the rest, instead of failing to place the state."""
+    from vfm_jax.input import make_source
+    from vfm_jax.tasks import build_task
+
+    config = tiny_config(**{"mesh.data": 1, "mesh.fsdp": 2, "mesh.tensor": 4, "model.num_classes": 6})
+    task = build_task(config)
+    mesh = sharding.make_mesh(config.mesh)
+    example = sharding.zeros_like_batch(sharding.example_batch(make_source(config.data, "train"), task.input_keys))
+    abstract, shardings = sharding.variables_layout(task, example, mesh)
+    assert shardings["params"]["head"]["kernel"].spec == P("fsdp", None)
+    assert shardings["params"]["head"]["bias"].spec == P(None)
+    assert shardings["params"]["encoder"]["blocks"]["mlp"]["fc1"]["kernel"].spec == P(None, "fsdp", "tensor")
+    placed = jax.tree.map(lambda x, s: jax.device_put(np.zeros(x.shape, x.dtype), s), abstract, shardings)
+    assert placed["params"]["head"]["kernel"].sharding.shard_shape(placed["params"]["head"]["kernel"].shape)[1] == 6
+    mesh_ = {"data": 1, "fsdp": 4, "tensor": 2}
+    assert sharding.fitted_spec(P(("data", "fsdp"), "tensor"), (8, 3), sharding.make_mesh(mesh_)) == P(("data", "fsdp"), None)
+    assert sharding.fitted_spec(P(("fsdp", "tensor")), (12,), sharding.make_mesh(mesh_)) == P("fsdp")
+
+
 def test_checkpoint_restores_on_a_smaller_mesh(tiny_config, tmp_path):
     """Written on 8 devices (FSDP), restored on 8 and on 2 devices (DP): same params bit for bit,
     and identical eval outputs (DP computes each example the same way whatever the device count)."""

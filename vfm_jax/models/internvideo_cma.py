@@ -1,8 +1,13 @@
 """InternVideo's cross-model attention (CMA, arXiv 2212.03191 section 3.2): the two video encoders coordinated.
 
-The official code never released this part (InternVideo issue #20), so what
-follows is the paper's description, marked [paper], and our choices where it
-is silent, marked [ours].
+The official code never released this part (InternVideo issue #20). What is
+marked [paper] is section 3.2's description as we read it; the PDF itself
+could not be re-read from our build machines, so each [paper] point was
+checked against what could: the maintainer's summary in issue #20 (cross-model
+attention between the masked encoder and the UniFormerV2-based multimodal
+encoder) and published reading notes of the paper (two encoders trained
+first, then coordinated by cross-model attention modules with most parameters
+frozen). What is marked [ours] is our choice where the paper is silent.
 
 - Encoders [paper]: the masked video encoder (VideoMAE ViT, `VideoViT`) and
   the multimodal video encoder (UniFormerV2-based; here InternVideo-MM's
