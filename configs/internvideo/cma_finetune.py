@@ -45,6 +45,7 @@ applies when both `videomae=` and `mm=` name converted encoders.
 """
 import ml_collections
 
+from configs._finetune import adamw, classification_config
 from vfm_jax.config import parse_arg
 from vfm_jax.models import PRESETS
 
@@ -72,7 +73,7 @@ def get_config(arg=None):
         raise ValueError(f"exp={arg.exp!r} is not one of ['k400', 'tiny']")
     batch, epochs = 256, 10
     steps_per_epoch = max(_count_lines(arg.train_list) // batch, 1) if arg.train_list else 1
-    config = _common(arg, batch, steps_per_epoch * epochs)
+    config = classification_config("internvideo_cma_finetune", batch, steps_per_epoch * epochs, **_task(arg))
     config.eval_every = 5 * steps_per_epoch  # multi-view evaluation is costly: every 5 epochs and at the end
     config.checkpoint_every = steps_per_epoch
     config.data = ml_collections.ConfigDict(dict(
@@ -84,29 +85,13 @@ def get_config(arg=None):
     videomae, vision = _encoders("videomae_h16", "internvideo_mm_l14")
     config.model = _model(arg.cma, arg.frozen, 400, videomae, vision, num_stages=4, mm_frame_stride=2)
     config.model.update(remat_policy="full", dtype="bfloat16")
-    config.optim = _optim(1e-4, steps_per_epoch, FROZEN if arg.frozen else "")
+    config.optim = adamw(1e-4, 1e-6, steps_per_epoch, no_decay=FROZEN if arg.frozen else "", grad_clip=20.0)
     return config
 
 
-def _common(arg, batch: int, total_steps: int) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.name = "internvideo_cma_finetune"
-    config.seed = 0
-    config.batch_size = batch
-    config.total_steps = total_steps
-    config.log_every = 50
-    config.keep_checkpoints = 3
-    config.report = ("val_top1",)
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    config.task = ml_collections.ConfigDict(dict(
-        name="classification", label="label", label_smoothing=0.0, normalization="imagenet",
-        mixup=0.0, cutmix=0.0, mixup_switch_prob=0.5, random_erasing=0.0,
-        pretrained=ml_collections.ConfigDict(dict(videomae=arg.videomae, mm=arg.mm)),
-    ))
-    config.evals = ml_collections.ConfigDict({
-        "val": ml_collections.ConfigDict(dict(type="classification", split="val", batch_size=32)),
-    })
-    return config
+def _task(arg) -> dict:
+    """ImageNet-normalised clips, no mixup or erasing; the two encoders come from converted folders."""
+    return dict(pretrained=ml_collections.ConfigDict(dict(videomae=arg.videomae, mm=arg.mm)))
 
 
 def _model(cma: bool, frozen: bool, classes: int, videomae: dict, mm: dict, **extra) -> ml_collections.ConfigDict:
@@ -117,17 +102,10 @@ def _model(cma: bool, frozen: bool, classes: int, videomae: dict, mm: dict, **ex
     ))
 
 
-def _optim(lr: float, warmup_steps: int, no_decay: str) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name="adamw", lr=lr, min_lr=1e-6, warmup_steps=warmup_steps, b1=0.9, b2=0.999, eps=1e-8,
-        weight_decay=0.05, no_decay=no_decay, grad_clip=20.0, layer_decay=1.0,
-    ))
-
-
 def _tiny_config(arg) -> ml_collections.ConfigDict:
     """8-frame 32 px moving shapes, 4 direction classes; frozen only from two converted encoders."""
     frozen = arg.frozen and bool(arg.videomae and arg.mm)  # frozen random encoders give the CMAs little to coordinate
-    config = _common(arg, batch=16, total_steps=400)
+    config = classification_config("internvideo_cma_finetune", batch=16, total_steps=400, **_task(arg))
     config.log_every = 50
     config.eval_every = 400
     config.checkpoint_every = 400
@@ -139,7 +117,7 @@ def _tiny_config(arg) -> ml_collections.ConfigDict:
     videomae = dict(width=32, depth=4, num_heads=4, patch_size=8, tubelet_size=2)
     mm = dict(width=32, depth=6, num_heads=4, patch_size=8, image_size=32, output_dim=16, global_layers=(2, 3, 4, 5))
     config.model = _model(arg.cma, frozen, 4, videomae, mm, num_stages=2, mm_frame_stride=2)
-    config.optim = _optim(1e-3, 50, FROZEN if frozen else "")
+    config.optim = adamw(1e-3, 1e-6, 50, no_decay=FROZEN if frozen else "", grad_clip=20.0)
     config.optim.update(min_lr=1e-5, grad_clip=1.0)
     config.evals.val.batch_size = 32
     return config

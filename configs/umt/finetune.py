@@ -63,6 +63,7 @@ student (width 48, depth 3, 4 heads) so it can start from it.
 """
 import ml_collections
 
+from configs._finetune import adamw, classification_config
 from vfm_jax.config import parse_arg
 from vfm_jax.models import PRESETS
 
@@ -85,6 +86,8 @@ RECIPES = {
 CLASSES = {"k710": 710, "k400": 400, "ssv2": 174}
 MODELS = {"B16": "umt_b16", "L16": "umt_l16"}
 # Model keys every variant shares: no dropout, the official 8-frame position table.
+# The official fine-tuning recipe of every script: label smoothing, mixup/cutmix, random erasing.
+TASK = dict(label_smoothing=0.1, normalization="imagenet", mixup=0.8, cutmix=1.0, random_erasing=0.25)
 MODEL_COMMON = dict(dropout=0.0, head_dropout=0.0, pos_table_frames=8, attention_impl="auto", scan_layers=True)
 
 
@@ -105,7 +108,7 @@ def get_config(arg=None):
     batch = GPUS * recipe["batch"] * NUM_SAMPLE
     steps_per_epoch = max(_count_lines(arg.train_list) * NUM_SAMPLE // batch, 1) if arg.train_list else 1
 
-    config = _common(batch, steps_per_epoch * recipe["epochs"])
+    config = classification_config("umt_finetune", batch, steps_per_epoch * recipe["epochs"], **TASK)
     config.eval_every = 5 * steps_per_epoch  # multi-view evaluation is costly: every 5 epochs and at the end
     config.checkpoint_every = steps_per_epoch
     from_classifier = arg.dataset == "k400"
@@ -126,41 +129,14 @@ def get_config(arg=None):
         # The official L runs checkpoint activations (`--use_checkpoint`); they train in fp16 autocast.
         remat_policy="full" if arg.model == "L16" else "none", dtype="bfloat16", **MODEL_COMMON,
     ))
-    config.optim = _optim(recipe["lr"] * batch / 256, 1e-6 * batch / 256, recipe["warmup"] * steps_per_epoch,
-                          recipe["layer_decay"])
+    config.optim = adamw(recipe["lr"] * batch / 256, 1e-6 * batch / 256, recipe["warmup"] * steps_per_epoch,
+                         layer_decay=recipe["layer_decay"])
     return config
-
-
-def _common(batch: int, total_steps: int) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.name = "umt_finetune"
-    config.seed = 0
-    config.batch_size = batch
-    config.total_steps = total_steps
-    config.log_every = 50
-    config.keep_checkpoints = 3
-    config.report = ("val_top1",)
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    config.task = ml_collections.ConfigDict(dict(
-        name="classification", label="label", label_smoothing=0.1, normalization="imagenet",
-        mixup=0.8, cutmix=1.0, mixup_switch_prob=0.5, random_erasing=0.25,
-    ))
-    config.evals = ml_collections.ConfigDict({
-        "val": ml_collections.ConfigDict(dict(type="classification", split="val", batch_size=32)),
-    })
-    return config
-
-
-def _optim(lr: float, min_lr: float, warmup_steps: int, layer_decay: float) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name="adamw", lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, b1=0.9, b2=0.999, eps=1e-8,
-        weight_decay=0.05, no_decay="", grad_clip=0.0, layer_decay=layer_decay,
-    ))
 
 
 def _tiny_config() -> ml_collections.ConfigDict:
     """The recipe at CPU size: 4 steps of batch 8 on 4-frame 32 px moving shapes, 4 direction classes."""
-    config = _common(batch=8, total_steps=4)
+    config = classification_config("umt_finetune", batch=8, total_steps=4, **TASK)
     config.log_every = 1
     config.eval_every = 4
     config.checkpoint_every = 4
@@ -176,6 +152,6 @@ def _tiny_config() -> ml_collections.ConfigDict:
         arch="video_vit", num_classes=4, width=48, depth=3, num_heads=4, patch_size=8, tubelet_size=1,
         drop_path_rate=0.1, remat_policy="none", dtype="float32", **MODEL_COMMON,
     ))
-    config.optim = _optim(1e-3, 1e-5, 1, 0.75)
+    config.optim = adamw(1e-3, 1e-5, 1, layer_decay=0.75)
     config.evals.val.batch_size = 16
     return config

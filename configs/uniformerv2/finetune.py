@@ -81,6 +81,7 @@ from typing import NamedTuple
 
 import ml_collections
 
+from configs._finetune import adamw, classification_config
 from vfm_jax.config import parse_arg
 from vfm_jax.models import PRESETS
 
@@ -94,6 +95,8 @@ BACKBONE = r"^(conv1|conv1_temporal|class_embedding|positional_embedding|ln_pre|
 
 MODELS = {"b16": "uniformerv2_b16", "l14": "uniformerv2_l14", "l14_336": "uniformerv2_l14_336"}
 CLASSES = {"k400": 400, "k710": 710, "ssv2": 174}
+# The official recipe: no label smoothing, mixup, cutmix or erasing; SlowFast's normalisation.
+TASK = dict(normalization="slowfast")
 # Global blocks of the SSv2 runs (RETURN_LIST); Kinetics runs use the presets' last 4 layers.
 SSV2_GLOBAL = {"b16": tuple(range(4, 12)), "l14": tuple(range(8, 24))}
 
@@ -152,7 +155,7 @@ def get_config(arg=None):
     num_sample = 2 if ssv2 else 1
     steps_per_epoch = max(_count_lines(arg.train_list) * num_sample // r.batch, 1) if arg.train_list else 1
 
-    config = _common(r.batch, steps_per_epoch * r.epochs)
+    config = classification_config("uniformerv2_finetune", r.batch, steps_per_epoch * r.epochs, **TASK)
     config.eval_every = 5 * steps_per_epoch  # multi-view evaluation is costly: every 5 epochs and at the end
     config.checkpoint_every = steps_per_epoch
     from_k710 = r.init == "k710"
@@ -183,40 +186,13 @@ def get_config(arg=None):
     ))
     if ssv2:
         config.model.global_layers = SSV2_GLOBAL[r.model]
-    config.optim = _optim(r.lr, 1e-6, r.warmup * steps_per_epoch, BACKBONE if r.frozen else "")
+    config.optim = adamw(r.lr, 1e-6, r.warmup * steps_per_epoch, no_decay=BACKBONE if r.frozen else "", grad_clip=20.0)
     return config
-
-
-def _common(batch: int, total_steps: int) -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.name = "uniformerv2_finetune"
-    config.seed = 0
-    config.batch_size = batch
-    config.total_steps = total_steps
-    config.log_every = 50
-    config.keep_checkpoints = 3
-    config.report = ("val_top1",)
-    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    config.task = ml_collections.ConfigDict(dict(
-        name="classification", label="label", label_smoothing=0.0, normalization="slowfast",
-        mixup=0.0, cutmix=0.0, mixup_switch_prob=0.5, random_erasing=0.0,
-    ))
-    config.evals = ml_collections.ConfigDict({
-        "val": ml_collections.ConfigDict(dict(type="classification", split="val", batch_size=32)),
-    })
-    return config
-
-
-def _optim(lr: float, min_lr: float, warmup_steps: int, no_decay: str) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(
-        name="adamw", lr=lr, min_lr=min_lr, warmup_steps=warmup_steps, b1=0.9, b2=0.999, eps=1e-8,
-        weight_decay=0.05, no_decay=no_decay, grad_clip=20.0, layer_decay=1.0,
-    ))
 
 
 def _tiny_config(init: str) -> ml_collections.ConfigDict:
     """The SSv2 regime at CPU size: 8-frame 32 px moving shapes, 4 direction classes."""
-    config = _common(batch=16, total_steps=400)
+    config = classification_config("uniformerv2_finetune", batch=16, total_steps=400, **TASK)
     config.log_every = 50
     config.eval_every = 400
     config.checkpoint_every = 400
@@ -234,6 +210,6 @@ def _tiny_config(init: str) -> ml_collections.ConfigDict:
         global_drop_path_rate=0.0, global_mlp_dropout=0.0, head_dropout=0.0, frozen=False, attention_impl="auto",
         scan_layers=True, remat_policy="none", dtype="float32",
     ))
-    config.optim = _optim(3e-3, 1e-5, 20, "")
+    config.optim = adamw(3e-3, 1e-5, 20, grad_clip=20.0)
     config.evals.val.batch_size = 32
     return config

@@ -12,7 +12,8 @@ import pytest
 from conftest import ROOT, run_module
 from vfm_jax.converters import clip, viclip
 from vfm_jax.models import build_model, get_model
-from vfm_jax.models.viclip import resize_positional_embedding, temporal_embedding
+from vfm_jax.layers.embeddings import resize_positional_embedding
+from vfm_jax.models.viclip import temporal_embedding
 from vfm_jax.tools.check_fixture import check
 
 FIXTURE = pathlib.Path(ROOT) / "tests" / "fixtures" / "viclip"

@@ -1,4 +1,4 @@
-"""Patch/tubelet embedding and the fixed sinusoid position table."""
+"""Patch/tubelet embedding, CLIP's patch stem, and the fixed sinusoid position table."""
 from __future__ import annotations
 
 import flax.linen as nn
@@ -52,3 +52,46 @@ class TubeletEmbed(nn.Module):
             name="proj",
         )(video.astype(self.dtype))
         return x.reshape(b, -1, self.width)
+
+
+def clip_patch_conv(width: int, patch_size: int, dtype: Dtype) -> nn.Conv:
+    """CLIP's bias-free patch convolution, `conv1`: (N, H, W, C) frames -> (N, H/p, W/p, D).
+
+    Built inside the calling module's compact method, so its params sit in
+    that module as `conv1` (the name every CLIP-based converter writes).
+    """
+    return nn.Conv(
+        width, kernel_size=(patch_size, patch_size), strides=(patch_size, patch_size), padding="VALID",
+        use_bias=False, dtype=dtype,
+        kernel_init=with_axes(nn.initializers.lecun_normal(), (None, None, "conv_in", "embed")), name="conv1",
+    )
+
+
+def clip_token_tables(module: nn.Module, width: int, image_size: int, patch_size: int,
+                      grid: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    """CLIP's `class_embedding` (D,) and `positional_embedding`, params of `module`.
+
+    The table is stored for the pre-training size (1 + (image_size/p)^2, D)
+    and returned resized to `grid` (`resize_positional_embedding`).
+    """
+    init = nn.initializers.normal(width ** -0.5)
+    g = image_size // patch_size
+    cls = module.param("class_embedding", with_axes(init, ("embed",)), (width,))
+    pos = module.param("positional_embedding", with_axes(init, ("length", "embed")), (g * g + 1, width))
+    return cls, resize_positional_embedding(pos, grid)
+
+
+def resize_positional_embedding(table: jax.Array, grid: tuple[int, int]) -> jax.Array:
+    """(1 + g*g, D) CLIP table -> (1 + gh*gw, D) for another input size; the class row is kept.
+
+    The official loader resizes with torch bicubic (a = -0.75, no antialias)
+    once, when the checkpoint is loaded; here it happens on the fly with
+    `jax.image.resize` bicubic (Keys a = -0.5, antialias off), so values
+    differ slightly from the official resized table.
+    """
+    g = round((table.shape[0] - 1) ** 0.5)
+    if (g, g) == tuple(grid):
+        return table
+    patches = table[1:].reshape(g, g, table.shape[1])
+    patches = jax.image.resize(patches, (*grid, table.shape[1]), method="bicubic", antialias=False)
+    return jnp.concatenate([table[:1], patches.reshape(-1, table.shape[1])], axis=0)

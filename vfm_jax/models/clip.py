@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from vfm_jax.layers.common import Dtype, l2_normalize, layer_norm, with_axes
+from vfm_jax.layers.embeddings import clip_patch_conv, clip_token_tables
 from vfm_jax.layers.transformer import Encoder
 
 
@@ -93,22 +94,9 @@ class CLIPVision(nn.Module):
         if x.shape[1:3] != (self.image_size, self.image_size):
             raise ValueError(f"CLIPVision(image_size={self.image_size}) got {x.shape[1:3]} frames")
         grid = self.image_size // self.patch_size
-        x = nn.Conv(
-            self.width,
-            kernel_size=(self.patch_size, self.patch_size),
-            strides=(self.patch_size, self.patch_size),
-            padding="VALID",
-            use_bias=False,
-            dtype=self.dtype,
-            kernel_init=with_axes(nn.initializers.lecun_normal(), (None, None, "conv_in", "embed")),
-            name="conv1",
-        )(x.astype(self.dtype))
+        x = clip_patch_conv(self.width, self.patch_size, self.dtype)(x.astype(self.dtype))
         x = x.reshape(x.shape[0], grid * grid, self.width)
-        init = nn.initializers.normal(self.width ** -0.5)
-        cls = self.param("class_embedding", with_axes(init, ("embed",)), (self.width,))
-        pos = self.param(
-            "positional_embedding", with_axes(init, ("length", "embed")), (grid * grid + 1, self.width)
-        )
+        cls, pos = clip_token_tables(self, self.width, self.image_size, self.patch_size, (grid, grid))
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.width)), x], axis=1)
         x = layer_norm(self.ln_eps, name="ln_pre")(x + pos.astype(self.dtype)).astype(self.dtype)
         x = Encoder(
@@ -131,7 +119,7 @@ class CLIPVision(nn.Module):
         proj = None
         if self.output_dim:
             proj = self.param(
-                "proj", with_axes(init, ("embed", "vocab")), (self.width, self.output_dim)
+                "proj", with_axes(nn.initializers.normal(self.width ** -0.5), ("embed", "vocab")), (self.width, self.output_dim)
             ).astype(jnp.float32)
         pooled = ln_post(x[:, 0])
         out = {"tokens": x.reshape(*lead, *x.shape[1:]), "pooled": pooled.reshape(*lead, -1)}

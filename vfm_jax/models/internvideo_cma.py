@@ -80,12 +80,11 @@ from flax import traverse_util
 from data.normalization import NORMALIZATION
 from vfm_jax.layers.attention import CrossAttention
 from vfm_jax.layers.common import Dtype, layer_norm, trunc_normal, with_axes
-from vfm_jax.layers.embeddings import TubeletEmbed
+from vfm_jax.layers.embeddings import TubeletEmbed, clip_patch_conv, clip_token_tables
 from vfm_jax.layers.mlp import Mlp
 from vfm_jax.layers.transformer import REMAT_POLICIES, Block
 from vfm_jax.layers.uniblocks import GlobalUniBlocks
 from vfm_jax.models.internvideo_mm import InternVideoMMVision
-from vfm_jax.models.viclip import resize_positional_embedding
 from vfm_jax.models.vit import VideoViT, position_table
 
 # Encoder arguments InternVideoCMA sets for both branches.
@@ -231,16 +230,9 @@ class StagedMMVision(InternVideoMMVision):
         if h % p or w % p:
             raise ValueError(f"frames {h}x{w} are not divisible by patch_size {p}")
         grid = (h // p, w // p)
-        x = nn.Conv(
-            self.width, kernel_size=(p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype,
-            kernel_init=with_axes(nn.initializers.lecun_normal(), (None, None, "conv_in", "embed")), name="conv1",
-        )(video.reshape(b * t, h, w, c).astype(self.dtype))
+        x = clip_patch_conv(self.width, p, self.dtype)(video.reshape(b * t, h, w, c).astype(self.dtype))
         x = x.reshape(b * t, grid[0] * grid[1], self.width)
-        init = nn.initializers.normal(self.width ** -0.5)
-        size = self.image_size // p
-        cls = self.param("class_embedding", with_axes(init, ("embed",)), (self.width,))
-        pos = self.param("positional_embedding", with_axes(init, ("length", "embed")), (size * size + 1, self.width))
-        pos = resize_positional_embedding(pos, grid)
+        cls, pos = clip_token_tables(self, self.width, self.image_size, p, grid)
         x = x + pos[1:].astype(self.dtype)
         cls = jnp.broadcast_to((cls + pos[0]).astype(self.dtype), (b * t, 1, self.width))
         return layer_norm(self.ln_eps, name="ln_pre")(jnp.concatenate([cls, x], axis=1)).astype(self.dtype)

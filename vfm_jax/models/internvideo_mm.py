@@ -26,11 +26,11 @@ import jax.numpy as jnp
 
 from vfm_jax.layers.attention import CrossAttention, SelfAttention
 from vfm_jax.layers.common import Dtype, l2_normalize, layer_norm, trunc_normal, with_axes
+from vfm_jax.layers.embeddings import clip_patch_conv, clip_token_tables
 from vfm_jax.layers.mlp import Mlp
 from vfm_jax.layers.transformer import Encoder
 from vfm_jax.layers.uniblocks import GlobalUniBlocks
 from vfm_jax.models.clip import CLIPText, tower_arguments
-from vfm_jax.models.viclip import resize_positional_embedding
 
 
 class InternVideoMMVision(nn.Module):
@@ -85,23 +85,10 @@ class InternVideoMMVision(nn.Module):
             raise ValueError(f"frames {h}x{w} are not divisible by patch_size {p}")
         grid = (h // p, w // p)
         n = grid[0] * grid[1]
-        x = nn.Conv(
-            self.width,
-            kernel_size=(p, p),
-            strides=(p, p),
-            padding="VALID",
-            use_bias=False,
-            dtype=self.dtype,
-            kernel_init=with_axes(nn.initializers.lecun_normal(), (None, None, "conv_in", "embed")),
-            name="conv1",
-        )(video.reshape(b * t, h, w, c).astype(self.dtype))
+        x = clip_patch_conv(self.width, p, self.dtype)(video.reshape(b * t, h, w, c).astype(self.dtype))
         x = x.reshape(b * t, n, self.width)
 
-        init = nn.initializers.normal(self.width ** -0.5)
-        grid0 = self.image_size // p
-        cls = self.param("class_embedding", with_axes(init, ("embed",)), (self.width,))
-        pos = self.param("positional_embedding", with_axes(init, ("length", "embed")), (grid0 * grid0 + 1, self.width))
-        pos = resize_positional_embedding(pos, grid)
+        cls, pos = clip_token_tables(self, self.width, self.image_size, p, grid)
         x = x + pos[1:].astype(self.dtype)
 
         kept = None
@@ -145,7 +132,7 @@ class InternVideoMMVision(nn.Module):
             name="global_blocks",
         )(hidden, tokens[:, :, 0], grid=grid, kept=kept, deterministic=not train)
         pooled = layer_norm(self.ln_eps, name="ln_post")(features)
-        proj = self.param("proj", with_axes(init, ("embed", "vocab")), (self.width, self.output_dim))
+        proj = self.param("proj", with_axes(nn.initializers.normal(self.width ** -0.5), ("embed", "vocab")), (self.width, self.output_dim))
         return {"tokens": tokens, "features": features, "embedding": pooled @ proj.astype(jnp.float32)}
 
 

@@ -39,10 +39,10 @@ import numpy as np
 
 from vfm_jax.layers.attention import SelfAttention
 from vfm_jax.layers.common import Dtype, DropPath, layer_norm, trunc_normal, with_axes
+from vfm_jax.layers.embeddings import clip_patch_conv, clip_token_tables
 from vfm_jax.layers.mlp import Mlp
 from vfm_jax.layers.transformer import REMAT_POLICIES
 from vfm_jax.layers.uniblocks import GlobalUniBlocks
-from vfm_jax.models.viclip import resize_positional_embedding
 
 # torch's default Conv/Linear weight init (kaiming_uniform with a = sqrt(5)).
 torch_default_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -316,10 +316,7 @@ class UniFormerV2(nn.Module):
         x = video.astype(self.dtype)
         centre = x[:, ::2] if self.temporal_downsample else x
         frames = centre.shape[1]
-        tokens = nn.Conv(
-            self.width, kernel_size=(p, p), strides=(p, p), padding="VALID", use_bias=False, dtype=self.dtype,
-            kernel_init=with_axes(nn.initializers.lecun_normal(), (None, None, "conv_in", "embed")), name="conv1",
-        )(centre.reshape(b * frames, h, w, c))
+        tokens = clip_patch_conv(self.width, p, self.dtype)(centre.reshape(b * frames, h, w, c))
         if self.temporal_downsample:
             # Output frame t sees input frames 2t-1 and 2t+1 (zero outside): interleaved, one (2, p, p) conv.
             padded = jnp.pad(x, ((0, 0), (1, 2 * frames - t), (0, 0), (0, 0), (0, 0)))
@@ -331,12 +328,6 @@ class UniFormerV2(nn.Module):
             )(outer.reshape(b, 2 * frames, h, w, c))
             tokens = tokens + side.reshape(tokens.shape)
         x = tokens.reshape(b * frames, grid[0] * grid[1], self.width)
-        init = nn.initializers.normal(self.width ** -0.5)
-        grid0 = self.image_size // p
-        cls = self.param("class_embedding", with_axes(init, ("embed",)), (self.width,))
-        pos = self.param(
-            "positional_embedding", with_axes(init, ("length", "embed")), (grid0 * grid0 + 1, self.width)
-        )
-        pos = resize_positional_embedding(pos, grid)
+        cls, pos = clip_token_tables(self, self.width, self.image_size, p, grid)
         cls = jnp.broadcast_to(cls.astype(self.dtype), (x.shape[0], 1, self.width))
         return jnp.concatenate([cls, x], axis=1) + pos.astype(self.dtype), frames, grid

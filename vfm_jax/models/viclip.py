@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vfm_jax.layers.common import Dtype, l2_normalize, layer_norm, with_axes
+from vfm_jax.layers.embeddings import clip_patch_conv, clip_token_tables
 from vfm_jax.layers.transformer import Encoder
 from vfm_jax.models.clip import CLIPText, tower_arguments
 
@@ -47,22 +48,6 @@ def temporal_embedding(table: jax.Array, frames: int) -> jax.Array:
     hi = np.minimum(lo + 1, t0 - 1)
     frac = jnp.asarray((src - lo)[:, None], table.dtype)
     return table[lo] * (1 - frac) + table[hi] * frac
-
-
-def resize_positional_embedding(table: jax.Array, grid: tuple[int, int]) -> jax.Array:
-    """(1 + g*g, D) CLIP table -> (1 + gh*gw, D) for another input size; the class row is kept.
-
-    The official loader resizes with torch bicubic (a = -0.75, no antialias)
-    once, when the checkpoint is loaded; here it happens on the fly with
-    `jax.image.resize` bicubic (Keys a = -0.5, antialias off), so values
-    differ slightly from the official resized table.
-    """
-    g = round((table.shape[0] - 1) ** 0.5)
-    if (g, g) == tuple(grid):
-        return table
-    patches = table[1:].reshape(g, g, table.shape[1])
-    patches = jax.image.resize(patches, (*grid, table.shape[1]), method="bicubic", antialias=False)
-    return jnp.concatenate([table[:1], patches.reshape(-1, table.shape[1])], axis=0)
 
 
 class ViCLIPVision(nn.Module):
@@ -111,23 +96,11 @@ class ViCLIPVision(nn.Module):
         p = self.patch_size
         if h % p or w % p:
             raise ValueError(f"frames {h}x{w} are not divisible by patch_size {p}")
-        x = nn.Conv(
-            self.width,
-            kernel_size=(p, p),
-            strides=(p, p),
-            padding="VALID",
-            use_bias=False,
-            dtype=self.dtype,
-            kernel_init=with_axes(nn.initializers.lecun_normal(), (None, None, "conv_in", "embed")),
-            name="conv1",
-        )(video.reshape(b * t, h, w, c).astype(self.dtype))
+        x = clip_patch_conv(self.width, p, self.dtype)(video.reshape(b * t, h, w, c).astype(self.dtype))
         n = (h // p) * (w // p)
         x = x.reshape(b, t, n, self.width)
 
-        init = nn.initializers.normal(self.width ** -0.5)
-        grid0 = self.image_size // p
-        cls = self.param("class_embedding", with_axes(init, ("embed",)), (self.width,))
-        pos = self.param("positional_embedding", with_axes(init, ("length", "embed")), (grid0 * grid0 + 1, self.width))
+        cls, pos = clip_token_tables(self, self.width, self.image_size, p, (h // p, w // p))
         temporal_init = nn.initializers.zeros
         if self.temporal_init_std:
             temporal_init = nn.initializers.normal(self.temporal_init_std)
@@ -135,7 +108,6 @@ class ViCLIPVision(nn.Module):
             "temporal_positional_embedding", with_axes(temporal_init, ("frames", "embed")),
             (self.num_frames, self.width),
         )
-        pos = resize_positional_embedding(pos, (h // p, w // p))
         x = x + pos[1:].astype(self.dtype) + temporal_embedding(temporal, t)[:, None].astype(self.dtype)
         # (B, T, N, D) -> (B, N*T, D): space-major, time-minor, the official token order.
         x = x.transpose(0, 2, 1, 3).reshape(b, n * t, self.width)
@@ -166,7 +138,7 @@ class ViCLIPVision(nn.Module):
             name="encoder",
         )(x.astype(self.dtype))
         tokens = layer_norm(self.ln_eps, name="ln_post")(x)
-        proj = self.param("proj", with_axes(init, ("embed", "vocab")), (self.width, self.output_dim))
+        proj = self.param("proj", with_axes(nn.initializers.normal(self.width ** -0.5), ("embed", "vocab")), (self.width, self.output_dim))
         return {"tokens": tokens, "embedding": tokens[:, 0] @ proj.astype(jnp.float32)}
 
 
