@@ -107,7 +107,14 @@ class _StopRequest:
         return self
 
     def reached(self, step: int) -> bool:
-        """Whether to save `step` and stop; every process calls this once per step, the same steps."""
+        """Whether to save `step` and stop; every process calls this at the same steps.
+
+        JAX's sync manager picks one past the largest step the processes last
+        reported (Orbax reports the same absolute steps when it saves). The
+        loop reports its start step before compiling: a notice that came
+        before any report would put the save at step 1, which a resumed run
+        never reaches.
+        """
         if not self.requested and multihost_utils.reached_preemption_sync_point(step):
             self.requested = True
         return self.requested
@@ -440,6 +447,10 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
                 step=train["step"], params=variables.pop("params"), model_state=variables,
                 opt_state=train["opt_state"], rng=train["rng"],
             )
+        start_step = int(jax.device_get(state.step))
+        # Tell JAX's preemption sync manager where this run starts before the minutes of compiling
+        # (see `_StopRequest.reached`); it cannot ask for a save at a step that has not run yet.
+        multihost_utils.reached_preemption_sync_point(start_step)
         step_fn = jax.jit(program.train_step, out_shardings=(state_shardings, repl), donate_argnums=0)
         compiled_steps = {name: step_fn.lower(abstract_state, batch).compile() for name, batch in abstract_batches.items()}
 
@@ -460,7 +471,7 @@ def train_and_evaluate(config, workdir: str, devices=None) -> dict[str, float]:
         return results
 
     # ---- The loop.
-    step = int(jax.device_get(state.step))
+    step = start_step
     logging.info(
         "training %s from step %d to %d on mesh %s; FLOPs/step %s",
         config.name, step, config.total_steps, dict(mesh.shape),

@@ -59,3 +59,25 @@ def test_sigterm_then_resume_is_bitwise_identical(tmp_path):
     a, b = checkpointing.load_variables(reference), checkpointing.load_variables(workdir)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+
+def test_a_resumed_run_reports_its_start_step_before_training(tiny_config, tmp_path, monkeypatch):
+    """JAX's sync manager saves one past the step last reported, or at step 1 when a notice comes before
+    any report. A run resumed at step 3 reports 3 before its first step, so a notice that lands then is
+    saved at step 4 (without that report the manager would wait for a step 1 that never comes)."""
+    from vfm_jax import train
+
+    train.train_and_evaluate(tiny_config(total_steps=3), tmp_path)
+    reported, sync = [], []
+
+    def manager(step):  # the notice lands right after the first report
+        reported.append(step)
+        if not sync:
+            sync.append(step + 1)
+        return step == sync[0]
+
+    monkeypatch.setattr(train.multihost_utils, "reached_preemption_sync_point", manager)
+    train.train_and_evaluate(tiny_config(total_steps=6), tmp_path)
+    assert reported[:2] == [3, 4]
+    assert checkpointing.read_metadata(tmp_path)["step"] == 4
